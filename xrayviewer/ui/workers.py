@@ -1,0 +1,140 @@
+"""The one pattern for background work: a QRunnable holding a signals QObject, with cooperative cancel.
+
+Modelled on superqt's `thread_worker` and Orange's `concurrent.py`. The work function never touches Qt
+widgets; it reports through the signals, which Qt delivers on the GUI thread to slots of GUI-thread QObjects.
+
+    worker = Worker(fn, *args, **kwargs)        # fn(*args, progress=..., cancel=..., **kwargs) if it asks for them
+    worker.signals.returned.connect(self._on_result)   # connect bound methods of GUI QObjects, not lambdas
+    start_worker(worker)
+    worker.cancel()                             # sets the event; fn checks `cancel.is_set()` between steps
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+import traceback
+import weakref
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+
+_ids = itertools.count(1)
+_live: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+
+
+class Cancelled(Exception):
+    """Raised inside work functions (via `check_cancel`) to stop early; reported as `aborted`, not an error."""
+
+
+class WorkerSignals(QObject):
+    started = Signal(object)        # worker id
+    progress = Signal(object)       # whatever fn passes to progress(...)
+    returned = Signal(object)       # fn's return value
+    errored = Signal(object)        # the exception (BaseException), with .traceback_text attached
+    aborted = Signal(object)        # worker id, after a cooperative cancel
+    finished = Signal(object)       # worker id, always last
+
+
+class Worker(QRunnable):
+    """Runs `fn` on a thread pool. `progress` and `cancel` are passed when fn's signature names them."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, tag: Any = None, **kwargs: Any):
+        super().__init__()
+        self.setAutoDelete(False)  # Python owns it: signals stay valid until the last reference goes
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.id = next(_ids)
+        self.tag = tag                       # caller's request tag (e.g. (path, model, method)): stale-result checks
+        self.signals = WorkerSignals()
+        self.cancel_event = threading.Event()
+        self.done = threading.Event()
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        self._wants_progress = "progress" in params
+        self._wants_cancel = "cancel" in params
+
+    def cancel(self) -> None:
+        """Cooperative: the function stops at its next check. Safe to call from any thread."""
+        self.cancel_event.set()
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def run(self) -> None:  # runs on a pool thread
+        sig = self.signals
+        try:
+            sig.started.emit(self.id)
+            kwargs = dict(self.kwargs)
+            if self._wants_progress:
+                kwargs["progress"] = sig.progress.emit
+            if self._wants_cancel:
+                kwargs["cancel"] = self.cancel_event
+            result = self.fn(*self.args, **kwargs)
+            if self.cancel_event.is_set():
+                sig.aborted.emit(self.id)
+            else:
+                sig.returned.emit(result)
+        except Cancelled:
+            sig.aborted.emit(self.id)
+        except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes the pool thread
+            exc.traceback_text = traceback.format_exc()  # type: ignore[attr-defined]
+            try:
+                sig.errored.emit(exc)
+            except RuntimeError:  # receiver gone during shutdown
+                pass
+        finally:
+            self.done.set()
+            try:
+                sig.finished.emit(self.id)
+            except RuntimeError:
+                pass
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Call between steps of a long job."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
+def start_worker(worker: Worker, pool: QThreadPool | None = None) -> Worker:
+    """Queue the worker; keeps it alive until it finishes."""
+    _live.add(worker)
+    holder = _Keep.hold(worker)
+    worker.signals.finished.connect(holder.release)
+    (pool or QThreadPool.globalInstance()).start(worker)
+    return worker
+
+
+class _Keep(QObject):
+    """Strong references to running workers (QThreadPool does not own them: autoDelete is off)."""
+
+    _held: set["_Keep"] = set()
+
+    def __init__(self, worker: Worker):
+        super().__init__()
+        self.worker = worker
+
+    @classmethod
+    def hold(cls, worker: Worker) -> "_Keep":
+        keep = cls(worker)
+        cls._held.add(keep)
+        return keep
+
+    def release(self, *_: Any) -> None:
+        _Keep._held.discard(self)
+
+
+def active_workers() -> list[Worker]:
+    """Workers started and not yet finished (for leak checks in tests and clean shutdown)."""
+    return [w for w in list(_live) if not w.done.is_set()]
+
+
+def cancel_all_and_wait(timeout_ms: int = 3000) -> bool:
+    """On quit: ask every worker to stop, then wait for the pool. True when all stopped in time."""
+    for w in active_workers():
+        w.cancel()
+    return QThreadPool.globalInstance().waitForDone(timeout_ms)
