@@ -1,0 +1,1129 @@
+"""Train… : fine-tune a classifier head on the user's own folder, in the background, with honest metrics.
+
+Four pages — Data (folder checked at once), Settings, Training (live curves, Cancel), Results (new model beside the
+active one on the same validation split; Save, Use in viewer). Every slow step — the folder check and thumbnails,
+training, evaluation, figure rendering, saving — runs in a `Worker`; the GUI thread only lays out what comes back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QKeySequence, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QSplitter,
+    QStackedWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from xrayviewer.ui.workers import Cancelled, Worker, check_cancel, start_worker
+
+THUMBS_PER_CLASS = 4
+THUMB_PX = 72
+CURVE_REDRAW_MS = 250          # live curves redraw at most 4x per second
+BATCH_EVENT_MIN_S = 0.05       # head epochs on cached features are fast: forward at most 20 batch events/s
+PAGES = ("Data", "Settings", "Training", "Results")
+
+
+# ---------------------------------------------------------------- work functions (worker threads; no Qt widgets)
+
+@dataclass
+class FolderCheck:
+    """What the Data page shows: the dataset and a few small thumbnails (uint8) per class."""
+
+    dataset: Any
+    thumbnails: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
+def check_folder(root: Path, *, progress: Callable[[Any], None], cancel: threading.Event) -> FolderCheck:
+    """discover_dataset + a few thumbnails per class (unreadable ones are skipped: the problems list names them)."""
+    import cv2
+
+    from xrayviewer.imaging import RadiographError, discover_dataset, read_radiograph
+    from xrayviewer.imaging.display import to_uint8
+
+    dataset = discover_dataset(root)
+    check_cancel(cancel)
+    thumbnails: dict[str, list[np.ndarray]] = {label: [] for label in dataset.classes}
+    for label in dataset.classes:
+        for item in [it for it in dataset.items if it.label == label][: THUMBS_PER_CLASS * 2]:
+            if len(thumbnails[label]) >= THUMBS_PER_CLASS:
+                break
+            check_cancel(cancel)
+            try:
+                pixels = read_radiograph(item.path).pixels
+            except RadiographError:
+                continue
+            scale = THUMB_PX / max(pixels.shape)
+            size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+            thumbnails[label].append(np.ascontiguousarray(to_uint8(cv2.resize(pixels, size,
+                                                                              interpolation=cv2.INTER_AREA))))
+        progress({"kind": "thumbnails", "label": label})
+    return FolderCheck(dataset, thumbnails)
+
+
+def _throttled(progress: Callable[[dict], None]) -> Callable[[dict], None]:
+    """Forward every event except batch events, which pass at most every BATCH_EVENT_MIN_S (plus each epoch's last)."""
+    last = [0.0]
+
+    def forward(event: dict) -> None:
+        if event.get("kind") == "batch":
+            now = time.monotonic()
+            if now - last[0] < BATCH_EVENT_MIN_S and event.get("batch") != event.get("batches"):
+                return
+            last[0] = now
+        progress(event)
+
+    return forward
+
+
+def run_training(dataset: Any, config: Any, *, progress: Callable[[dict], None],
+                 cancel: threading.Event) -> Any:
+    """FineTuneJob(dataset, config).run(...) -> TrainingResult; a cancelled run ends as `Cancelled`, never a result."""
+    from xrayviewer.training.engine import FineTuneJob
+
+    try:
+        result = FineTuneJob(dataset, config).run(progress=_throttled(progress), cancel=cancel)
+    except Exception:
+        if cancel.is_set():  # whatever the engine raises on cancel, the dialog sees one thing
+            raise Cancelled() from None
+        raise
+    check_cancel(cancel)
+    return result
+
+
+@dataclass
+class ModelReport:
+    """One column of the Results page: metrics and rendered figures (RGBA arrays) of one model on the split."""
+
+    title: str
+    metrics: dict | None = None
+    figures: dict[str, np.ndarray] = field(default_factory=dict)   # figure name -> RGBA image
+    error: str = ""
+
+
+FIGURES = (("confusion", "Confusion matrix"), ("roc", "ROC curves"), ("reliability", "Reliability"),
+           ("curves", "Training curves"))
+
+
+def render_figure(fig) -> np.ndarray:
+    """A matplotlib Figure drawn off-screen to an RGBA array (so the GUI thread only shows a pixmap)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def _model_figures(metrics: dict, history: dict | None) -> dict[str, np.ndarray]:
+    from xrayviewer.training import metrics as m
+
+    figures = {"confusion": m.confusion_figure(metrics), "roc": m.roc_figure(metrics),
+               "reliability": m.reliability_figure(metrics)}
+    if history is not None:
+        figures["curves"] = m.training_curves_figure(history)
+    return {name: render_figure(fig) for name, fig in figures.items()}
+
+
+def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable[[Any], None],
+                  cancel: threading.Event) -> tuple[ModelReport, ModelReport | None]:
+    """Figures for the new model, then the active model evaluated on the same validation split."""
+    new = ModelReport("New model", result.metrics, _model_figures(result.metrics, result.history))
+    progress({"kind": "report", "which": "new"})
+    if active_bundle is None:
+        return new, None
+    check_cancel(cancel)
+    from xrayviewer.training.engine import evaluate_bundle_on_split
+
+    active = ModelReport(f"Active model ({Path(active_bundle).name})")
+    try:
+        active.metrics = evaluate_bundle_on_split(active_bundle, result)
+        active.figures = _model_figures(active.metrics, None)
+    except Exception as exc:  # noqa: BLE001 - shown beside the new model; the new model's results stand
+        active.error = f"Could not evaluate the active model on this split: {exc}"
+    return new, active
+
+
+def bundle_dir_name(name: str) -> str:
+    """A folder name from a model name: letters, digits, '-', '_' and '.'; never empty."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    return slug or "model"
+
+
+def save_result(result: Any, name: str, dest: Path) -> Path:
+    """Write the bundle atomically to `dest` (which must not exist: the dialog never overwrites)."""
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists; choose another name.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    result.name = name
+    return Path(result.save(dest))
+
+
+# ---------------------------------------------------------------- small widgets
+
+def pixmap_from_array(image: np.ndarray) -> QPixmap:
+    """uint8 gray (h, w) or RGBA (h, w, 4) -> QPixmap (bytes-per-line from strides; copied so numpy can go)."""
+    image = np.ascontiguousarray(image)
+    fmt = QImage.Format.Format_Grayscale8 if image.ndim == 2 else QImage.Format.Format_RGBA8888
+    qimage = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], fmt)
+    return QPixmap.fromImage(qimage.copy())
+
+
+class FigureView(QLabel):
+    """Shows a rendered figure, scaled to fit while keeping its aspect ratio."""
+
+    def __init__(self, placeholder: str = "", parent: QWidget | None = None):
+        super().__init__(placeholder, parent)
+        self._pixmap: QPixmap | None = None
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(240, 180)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setWordWrap(True)
+
+    def set_image(self, image: np.ndarray) -> None:
+        self._pixmap = pixmap_from_array(image)
+        self._rescale()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._rescale()
+
+    def _rescale(self) -> None:
+        if self._pixmap is not None:
+            self.setPixmap(self._pixmap.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                               Qt.TransformationMode.SmoothTransformation))
+
+
+class LiveCurves(QWidget):
+    """Loss and accuracy per epoch (train and validation), redrawn at most every CURVE_REDRAW_MS.
+
+    Draws with the same builder as the saved plot.png (metrics.training_curves_figure), into an embedded canvas.
+    """
+
+    EVENT_KEYS = (("loss", "loss"), ("val_loss", "val_loss"), ("accuracy", "acc"), ("val_accuracy", "val_accuracy"))
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(7, 3), dpi=100, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        self.history: dict[str, list[float]] = {}
+        self.redraws = 0
+        self._dirty = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(CURVE_REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.reset()
+
+    def reset(self) -> None:
+        self.history = {key: [] for key, _ in self.EVENT_KEYS}
+        self._dirty = True
+        self._redraw()
+
+    def add_epoch(self, event: dict) -> None:
+        for key, event_key in self.EVENT_KEYS:
+            value = event.get(event_key)
+            self.history[key].append(float("nan") if value is None else float(value))
+        self._dirty = True
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def stop(self) -> None:
+        """Final redraw; the timer stops."""
+        self._redraw()
+        self._timer.stop()
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            self._timer.stop()
+            return
+        from xrayviewer.training.metrics import training_curves_figure
+
+        self._dirty = False
+        training_curves_figure(self.history, title="Loss and accuracy per epoch", fig=self.figure)
+        self.canvas.draw_idle()
+        self.redraws += 1
+
+
+# ---------------------------------------------------------------- pages
+
+class DataPage(QWidget):
+    """Folder choice; the check runs in a worker and fills class counts, thumbnails and problems."""
+
+    checked = Signal(object)   # FolderCheck or None
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("A folder with one sub-folder per class (covid/, normal/, …)")
+        self.folder_edit.returnPressed.connect(self._folder_entered)
+        browse = QPushButton("Choose folder…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.folder_edit, 1)
+        row.addWidget(browse)
+
+        self.status = QLabel("Choose a folder of labelled radiographs to start.")
+        self.status.setWordWrap(True)
+        self.classes_box = QWidget()
+        self.classes_grid = QGridLayout(self.classes_box)
+        self.classes_grid.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.classes_box)
+        self.problems = QTreeWidget()
+        self.problems.setHeaderLabels(["Problems found"])
+        self.problems.setRootIsDecorated(True)
+
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(scroll)
+        splitter.addWidget(self.problems)
+        splitter.setSizes([260, 200])
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+        layout.addWidget(splitter, 1)
+
+        self.result: FolderCheck | None = None
+        self.worker: Worker | None = None
+
+    # folder choice
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder with one sub-folder per class",
+                                                  self.folder_edit.text())
+        if folder:
+            self.set_folder(Path(folder))
+
+    def _folder_entered(self) -> None:
+        if self.folder_edit.text().strip():
+            self.set_folder(Path(self.folder_edit.text().strip()))
+
+    def set_folder(self, folder: Path) -> None:
+        """Start checking `folder` (any earlier check is cancelled; its result is ignored)."""
+        if self.worker is not None:
+            self.worker.cancel()
+        self.folder_edit.setText(str(folder))
+        self.result = None
+        self._clear()
+        self.status.setText(f"Checking {folder} …")
+        self.checked.emit(None)
+        self.worker = Worker(check_folder, Path(folder), tag=str(folder))
+        self.worker.signals.returned.connect(self._on_checked)
+        self.worker.signals.errored.connect(self._on_error)
+        start_worker(self.worker)
+
+    def _clear(self) -> None:
+        while self.classes_grid.count():
+            widget = self.classes_grid.takeAt(0).widget()
+            if widget is not None:
+                widget.deleteLater()
+        self.problems.clear()
+
+    def _is_current(self) -> bool:
+        return self.sender() is not None and self.worker is not None and self.sender() is self.worker.signals
+
+    def _on_error(self, exc: BaseException) -> None:
+        if not self._is_current():
+            return
+        self.status.setText(f"Cannot use this folder: {exc}")
+        self.checked.emit(None)
+
+    def _on_checked(self, check: FolderCheck) -> None:
+        if not self._is_current():
+            return
+        self.result = check
+        dataset = check.dataset
+        counts = dataset.counts()
+        errors = [p for p in dataset.problems if p.severity == "error"]
+        warnings = [p for p in dataset.problems if p.severity != "error"]
+        summary = f"{sum(counts.values())} images in {len(dataset.classes)} classes."
+        if errors:
+            summary += f"  {len(errors)} error(s) must be fixed before training."
+        if warnings:
+            summary += f"  {len(warnings)} warning(s)."
+        self.status.setText(summary)
+        self._fill_classes(dataset.classes, counts, check.thumbnails)
+        self._fill_problems(errors + warnings)
+        self.checked.emit(check)
+
+    def _fill_classes(self, classes: list[str], counts: dict[str, int], thumbs: dict[str, list]) -> None:
+        for row, label in enumerate(classes):
+            name = QLabel(f"<b>{label}</b><br>{counts.get(label, 0)} images")
+            name.setMinimumWidth(120)
+            self.classes_grid.addWidget(name, row, 0)
+            for col, image in enumerate(thumbs.get(label, []), start=1):
+                thumb = QLabel()
+                thumb.setPixmap(pixmap_from_array(image))
+                thumb.setFixedSize(THUMB_PX + 4, THUMB_PX + 4)
+                thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
+                thumb.setToolTip(label)
+                self.classes_grid.addWidget(thumb, row, col)
+
+    def _fill_problems(self, problems: list) -> None:
+        style = self.style()
+        icons = {"error": style.standardIcon(style.StandardPixmap.SP_MessageBoxCritical),
+                 "warning": style.standardIcon(style.StandardPixmap.SP_MessageBoxWarning)}
+        if not problems:
+            QTreeWidgetItem(self.problems, ["No problems found."])
+        for problem in problems:
+            severity = "error" if problem.severity == "error" else "warning"
+            top = QTreeWidgetItem(self.problems, [f"{severity.capitalize()}: {problem.message}"])
+            top.setIcon(0, icons[severity])
+            top.setToolTip(0, problem.message)
+            for path in problem.paths:
+                QTreeWidgetItem(top, [str(path)])
+            top.setExpanded(len(problem.paths) <= 5)
+
+    def problem_texts(self) -> list[str]:
+        return [self.problems.topLevelItem(i).text(0) for i in range(self.problems.topLevelItemCount())]
+
+
+def _config_defaults() -> dict[str, Any]:
+    """TrainingConfig's own defaults: the engine is the single source of them."""
+    from xrayviewer.training.engine import TrainingConfig
+
+    out = {}
+    for f in dataclasses.fields(TrainingConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+class SettingsPage(QWidget):
+    """Hyper-parameters with the engine's defaults and a tooltip each."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        from xrayviewer.model.backbone import DEFAULT_BASE_ID, available_bases
+
+        d = _config_defaults()
+        self.defaults = d
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+
+        self.base = QComboBox()
+        for base_id, spec in available_bases().items():
+            self.base.addItem(spec.description, base_id)
+        self.base.setCurrentIndex(max(0, self.base.findData(d.get("base_id", DEFAULT_BASE_ID))))
+        self.base.setToolTip("The frozen conv base. Its features are computed once per image and cached; "
+                             "only the small head on top is trained.")
+        form.addRow("Base", self.base)
+
+        self.epochs = _spin(1, 1000, d.get("epochs", 25), "Passes over the training images. Head epochs on cached "
+                            "features are fast; early stopping may end sooner.")
+        form.addRow("Epochs", self.epochs)
+        self.batch_size = _spin(1, 1024, d.get("batch_size", 8), "Images per gradient step.")
+        form.addRow("Batch size", self.batch_size)
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(6)
+        self.learning_rate.setRange(1e-6, 1.0)
+        self.learning_rate.setSingleStep(1e-4)
+        self.learning_rate.setValue(float(d.get("learning_rate", 1e-3)))
+        self.learning_rate.setToolTip("Adam learning rate for the head (the last conv block, if fine-tuned, "
+                                      "uses a tenth of it).")
+        form.addRow("Learning rate", self.learning_rate)
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.05, 0.5)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(float(d.get("val_fraction", 0.2)))
+        self.val_fraction.setToolTip("Share of patients held out for validation; every metric on the Results page "
+                                     "is measured on them only.")
+        form.addRow("Validation fraction", self.val_fraction)
+        self.seed = _spin(0, 2**31 - 1, d.get("seed", 42), "Random seed of the split, the augmentation and the "
+                          "head's initial weights: the same seed gives the same run.")
+        form.addRow("Seed", self.seed)
+
+        self.split_by_patient = QCheckBox("Split by patient (no patient in both training and validation)")
+        self.split_by_patient.setChecked(d.get("split_by", "patient") == "patient")
+        self.split_by_patient.setToolTip("Images of one patient look alike; putting them on both sides of the split "
+                                         "inflates every metric.")
+        self.patient_origin = QLabel()
+        self.patient_origin.setWordWrap(True)
+        self.patient_pattern = QLineEdit(str(d.get("patient_pattern") or ""))
+        self.patient_pattern.setToolTip("Regular expression applied to file names; its first group (or the whole "
+                                        "match) is the patient id. Files it does not match count as one patient each.")
+        self.patient_pattern.textChanged.connect(self._update_patient_origin)
+        self.split_by_patient.toggled.connect(self._update_patient_origin)
+        split_box = QVBoxLayout()
+        split_box.addWidget(self.split_by_patient)
+        split_box.addWidget(self.patient_origin)
+        pattern_row = QHBoxLayout()
+        pattern_row.addWidget(QLabel("File-name pattern:"))
+        pattern_row.addWidget(self.patient_pattern, 1)
+        split_box.addLayout(pattern_row)
+        form.addRow("Split", split_box)
+
+        self.class_weights = QCheckBox("Weight classes by inverse frequency")
+        self.class_weights.setChecked(bool(d.get("class_weights", True)))
+        self.class_weights.setToolTip("Counters class imbalance: errors on a rare class cost as much in total as "
+                                      "errors on a common one.")
+        form.addRow("Class weights", self.class_weights)
+        self.early_stopping = QCheckBox("Stop when the validation loss stops improving (best epoch kept)")
+        self.early_stopping.setChecked(bool(d.get("early_stopping", True)))
+        self.early_stopping.setToolTip("Ends training once the validation loss has not improved for a few epochs "
+                                       "and restores the weights of the best epoch.")
+        form.addRow("Early stopping", self.early_stopping)
+
+        self.augmentation = QCheckBox("Augment: rotation ±15°, zoom, shear, shift")
+        self.augmentation.setChecked(bool(d.get("augmentation", True)))
+        self.augmentation.setToolTip("Each variant is a randomly rotated (±15°), zoomed, sheared and shifted copy "
+                                     "of the image; the base runs once per variant and the features are cached.")
+        self.hflip = QCheckBox("Also flip horizontally")
+        self.hflip.setChecked(bool(d.get("horizontal_flip", False)))
+        self.hflip.setToolTip("Off by default: a horizontal flip swaps the heart and lung sides, which real chest "
+                              "radiographs never do.")
+        self.variants = _spin(1, 64, d.get("variants", 1), "K augmented variants per image, computed once and "
+                              "cached. More variants: slower first run, more varied training data.")
+        aug_box = QVBoxLayout()
+        aug_box.addWidget(self.augmentation)
+        aug_box.addWidget(self.hflip)
+        variants_row = QHBoxLayout()
+        variants_row.addWidget(QLabel("Variants per image (K):"))
+        variants_row.addWidget(self.variants)
+        variants_row.addStretch(1)
+        aug_box.addLayout(variants_row)
+        self.augmentation.toggled.connect(self.hflip.setEnabled)
+        form.addRow("Augmentation", aug_box)
+
+        self.finetune_last_block = QCheckBox("Also fine-tune the last conv block (slower, lower learning rate)")
+        self.finetune_last_block.setChecked(bool(d.get("finetune_last_block", False)))
+        self.finetune_last_block.setToolTip("Off by default. Runs the whole network on every batch, so it is many "
+                                            "times slower than training the head on cached features.")
+        form.addRow("Fine-tuning", self.finetune_last_block)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addStretch(1)
+        self.dataset: Any = None
+        self._update_patient_origin()
+
+    def set_dataset(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self._update_patient_origin()
+
+    def _update_patient_origin(self) -> None:
+        """Say which patient ids the split uses: manifest column, the (editable) file-name pattern, or per file."""
+        by_patient = self.split_by_patient.isChecked()
+        origin = getattr(self.dataset, "patient_id_origin", None)
+        self.patient_pattern.setEnabled(by_patient and origin != "manifest")
+        if not by_patient:
+            text = "Images are split one by one: images of one patient may land on both sides."
+        elif self.dataset is None:
+            text = "Patient ids: from manifest.csv if the folder has one, else from the file-name pattern, else per file."
+        elif origin == "manifest":
+            text = "Patient ids come from the patient_id column of the folder's manifest.csv."
+        else:
+            text = self._pattern_summary()
+        self.patient_origin.setText(text)
+
+    def _pattern_summary(self) -> str:
+        pattern = self.patient_pattern.text()
+        items = list(getattr(self.dataset, "items", []))
+        try:
+            regex = re.compile(pattern) if pattern else None
+        except re.error as exc:
+            return f"<span style='color:#b00020'>The pattern is not a valid regular expression: {exc}</span>"
+        matched = sum(1 for it in items if regex is not None and regex.search(Path(it.path).name))
+        if not matched:
+            return "No file name matches the pattern: each file counts as its own patient."
+        return (f"Patient ids from file names: the pattern matches {matched} of {len(items)} files "
+                f"(the rest count as one patient each).")
+
+    def pattern_is_valid(self) -> bool:
+        try:
+            re.compile(self.patient_pattern.text())
+        except re.error:
+            return False
+        return True
+
+    def config(self):
+        """The TrainingConfig the widgets describe."""
+        from xrayviewer.training.engine import TrainingConfig
+
+        values = {
+            "base_id": self.base.currentData(),
+            "epochs": self.epochs.value(),
+            "batch_size": self.batch_size.value(),
+            "learning_rate": self.learning_rate.value(),
+            "val_fraction": self.val_fraction.value(),
+            "seed": self.seed.value(),
+            "split_by": "patient" if self.split_by_patient.isChecked() else "file",
+            "patient_pattern": self.patient_pattern.text() or None,
+            "class_weights": self.class_weights.isChecked(),
+            "early_stopping": self.early_stopping.isChecked(),
+            "augmentation": self.augmentation.isChecked(),
+            "horizontal_flip": self.augmentation.isChecked() and self.hflip.isChecked(),
+            "variants": self.variants.value(),
+            "finetune_last_block": self.finetune_last_block.isChecked(),
+        }
+        known = {f.name for f in dataclasses.fields(TrainingConfig)}
+        return TrainingConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def _spin(lo: int, hi: int, value: Any, tip: str) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(int(value))
+    box.setToolTip(tip)
+    return box
+
+
+class TrainingPage(QWidget):
+    """Stage, per-batch progress, epoch counter, time left, live curves and the log."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.stage = QLabel("Not started.")
+        self.stage.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.bar.setFormat("batch %v / %m")
+        self.epoch_label = QLabel("Epoch –")
+        self.eta_label = QLabel("")
+        counters = QHBoxLayout()
+        counters.addWidget(self.epoch_label)
+        counters.addStretch(1)
+        counters.addWidget(self.eta_label)
+        self.curves = LiveCurves()
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.log.setPlaceholderText("Training log")
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.curves)
+        splitter.addWidget(self.log)
+        splitter.setSizes([320, 140])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.stage)
+        layout.addWidget(self.bar)
+        layout.addLayout(counters)
+        layout.addWidget(splitter, 1)
+
+    def reset(self) -> None:
+        self.stage.setText("Starting…")
+        self.bar.setRange(0, 0)      # busy until the first batch says how many there are
+        self.epoch_label.setText("Epoch –")
+        self.eta_label.setText("")
+        self.log.clear()
+        self.curves.reset()
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("kind")
+        if kind == "stage":
+            self.stage.setText(str(event.get("text", "")))
+            self.append_log(str(event.get("text", "")))
+            if "total" in event and "current" in event:
+                self.bar.setFormat("%v / %m")
+                self.bar.setRange(0, int(event["total"]))
+                self.bar.setValue(int(event["current"]))
+        elif kind == "batch":
+            self.bar.setFormat("batch %v / %m")
+            self.bar.setRange(0, int(event.get("batches", 0)))
+            self.bar.setValue(int(event.get("batch", 0)))
+        elif kind == "epoch":
+            self.epoch_label.setText(f"Epoch {event['epoch']} / {event.get('epochs', '?')}")
+            eta = event.get("eta_seconds")
+            self.eta_label.setText("" if eta is None else f"about {_duration(eta)} left")
+            self.curves.add_epoch(event)
+            self.append_log(_epoch_line(event))
+        elif kind == "log":
+            self.append_log(str(event.get("text", "")))
+        elif kind == "done":
+            self.eta_label.setText("")
+
+    def append_log(self, text: str) -> None:
+        if text:
+            self.log.appendPlainText(text)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "–" if value != value else f"{value:.{digits}f}"
+
+
+def _epoch_line(event: dict) -> str:
+    parts = [f"epoch {event['epoch']}/{event.get('epochs', '?')}",
+             f"loss {_fmt(event.get('loss'))}", f"acc {_fmt(event.get('acc'))}",
+             f"val_loss {_fmt(event.get('val_loss'))}", f"val_acc {_fmt(event.get('val_accuracy'))}"]
+    if event.get("seconds") is not None:
+        parts.append(f"{float(event['seconds']):.1f} s")
+    return "  ".join(parts)
+
+
+PER_CLASS_COLUMNS = (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+                     ("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("auc", "AUC"),
+                     ("support", "n"))
+
+
+class ModelColumn(QWidget):
+    """One model's metrics: a summary line and the per-class table."""
+
+    def __init__(self, title: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.title = QLabel(f"<b>{title}</b>")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.table = QTableWidget(0, len(PER_CLASS_COLUMNS))
+        self.table.setHorizontalHeaderLabels([title for _, title in PER_CLASS_COLUMNS])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.title)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table, 1)
+
+    def show_message(self, title: str, text: str) -> None:
+        self.title.setText(f"<b>{title}</b>")
+        self.summary.setText(text)
+        self.table.setRowCount(0)
+
+    def show_report(self, report: ModelReport) -> None:
+        self.title.setText(f"<b>{report.title}</b>")
+        if report.error or report.metrics is None:
+            self.summary.setText(report.error or "No metrics.")
+            self.table.setRowCount(0)
+            return
+        m = report.metrics
+        self.summary.setText(summary_text(m))
+        per_class = m.get("per_class", {})
+        self.table.setRowCount(len(per_class))
+        self.table.setVerticalHeaderLabels(list(per_class))
+        for row, (label, values) in enumerate(per_class.items()):
+            for col, (key, _) in enumerate(PER_CLASS_COLUMNS):
+                value = values.get(key)
+                text = str(int(value)) if key == "support" and value is not None else _fmt(value)
+                item = QTableWidgetItem(text)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, col, item)
+
+
+def summary_text(m: dict) -> str:
+    """Accuracy, macro F1 / AUC and calibration in one line a person reads at a glance."""
+    parts = [f"Accuracy {_fmt(m.get('accuracy'))}"]
+    if m.get("balanced_accuracy") is not None:
+        parts.append(f"balanced accuracy {_fmt(m['balanced_accuracy'])}")
+    f1s = [v["f1"] for v in m.get("per_class", {}).values() if v.get("f1") is not None]
+    if f1s:
+        parts.append(f"macro F1 {_fmt(sum(f1s) / len(f1s))}")
+    if m.get("macro_auc") is not None:
+        parts.append(f"macro AUC {_fmt(m['macro_auc'])}")
+    if m.get("ece") is not None:
+        ece = f"ECE {_fmt(m['ece'])}"
+        if m.get("ece_calibrated") is not None:
+            ece += f" → {_fmt(m['ece_calibrated'])} after temperature scaling"
+            if m.get("temperature") is not None:
+                ece += f" (T = {_fmt(m['temperature'], 2)})"
+        parts.append(ece)
+    if m.get("n") is not None:
+        parts.append(f"{int(m['n'])} validation images")
+    return " · ".join(parts)
+
+
+class ResultsPage(QWidget):
+    """New model beside the active model on the same validation split; Save and Use in viewer."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.tabs = QTabWidget()
+        metrics_tab = QWidget()
+        cols = QHBoxLayout(metrics_tab)
+        self.new_column = ModelColumn("New model")
+        self.active_column = ModelColumn("Active model")
+        cols.addWidget(self.new_column, 1)
+        cols.addWidget(self.active_column, 1)
+        self.tabs.addTab(metrics_tab, "Metrics")
+        self.figure_views: dict[str, tuple[FigureView, FigureView]] = {}
+        for key, title in FIGURES:
+            tab = QWidget()
+            row = QHBoxLayout(tab)
+            pair = (FigureView("…"), FigureView("…"))
+            row.addWidget(pair[0], 1)
+            row.addWidget(pair[1], 1)
+            self.figure_views[key] = pair
+            self.tabs.addTab(tab, title)
+
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("Name of the new model")
+        self.save_button = QPushButton("Save")
+        self.save_button.setToolTip("Save as a new model bundle in your models folder (never overwrites one).")
+        self.use_button = QPushButton("Use in viewer")
+        self.use_button.setToolTip("Load the saved model in the viewer.")
+        self.use_button.setEnabled(False)
+        self.save_status = QLabel("")
+        self.save_status.setWordWrap(True)
+        self.save_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        save_row = QHBoxLayout()
+        save_row.addWidget(QLabel("Name:"))
+        save_row.addWidget(self.name_edit, 1)
+        save_row.addWidget(self.save_button)
+        save_row.addWidget(self.use_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tabs, 1)
+        layout.addLayout(save_row)
+        layout.addWidget(self.save_status)
+
+    def reset(self) -> None:
+        self.new_column.show_message("New model", "Preparing the results…")
+        self.active_column.show_message("Active model", "Evaluating the active model on the same validation split…")
+        for new_view, active_view in self.figure_views.values():
+            new_view.setText("…")
+            active_view.setText("…")
+        self.save_status.setText("")
+        self.use_button.setEnabled(False)
+        self.save_button.setEnabled(False)
+
+    def show_reports(self, new: ModelReport, active: ModelReport | None) -> None:
+        self.new_column.show_report(new)
+        if active is None:
+            self.active_column.show_message("Active model", "No model is active in the viewer: nothing to compare.")
+        else:
+            self.active_column.show_report(active)
+        for key, (new_view, active_view) in self.figure_views.items():
+            _show_figure(new_view, new, key)
+            if active is None:
+                active_view.setText("No active model to compare.")
+            else:
+                _show_figure(active_view, active, key)
+
+
+def _show_figure(view: FigureView, report: ModelReport, key: str) -> None:
+    if key in report.figures:
+        view.set_image(report.figures[key])
+    elif report.error:
+        view.setText(report.error)
+    elif key == "curves":
+        view.setText("Training curves exist for the new model only.")
+    else:
+        view.setText("Not available.")
+
+
+# ---------------------------------------------------------------- the dialog
+
+class TrainingDialog(QDialog):
+    """Data → Settings → Training → Results. `window` is the main window (or None when used alone)."""
+
+    def __init__(self, window: Any = None, parent: QWidget | None = None):
+        super().__init__(parent if parent is not None else (window if isinstance(window, QWidget) else None))
+        self.window_ = window
+        self.setWindowTitle("Train a model on your own folder")
+        self.resize(1000, 720)
+        self.setSizeGripEnabled(True)
+
+        self.steps = QLabel()
+        self.data_page = DataPage()
+        self.settings_page = SettingsPage()
+        self.training_page = TrainingPage()
+        self.results_page = ResultsPage()
+        self.pages = QStackedWidget()
+        for page in (self.data_page, self.settings_page, self.training_page, self.results_page):
+            self.pages.addWidget(page)
+
+        self.back_button = QPushButton("Back")
+        self.next_button = QPushButton("Next")
+        self.start_button = QPushButton("Start training")
+        self.start_button.setDefault(True)
+        self.cancel_button = QPushButton("Cancel training")
+        self.cancel_button.setToolTip("Stops within about a second; nothing is saved and no model changes.")
+        self.close_button = QPushButton("Close")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.back_button)
+        buttons.addStretch(1)
+        for b in (self.next_button, self.start_button, self.cancel_button, self.close_button):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.steps)
+        layout.addWidget(self.pages, 1)
+        layout.addLayout(buttons)
+
+        self.back_button.clicked.connect(self._back)
+        self.next_button.clicked.connect(self._next)
+        self.start_button.clicked.connect(self.start_training)
+        self.cancel_button.clicked.connect(self.cancel_training)
+        self.close_button.clicked.connect(self.close)
+        self.data_page.checked.connect(self._on_folder_checked)
+        self.results_page.save_button.clicked.connect(self.save)
+        self.results_page.use_button.clicked.connect(self.use_in_viewer)
+
+        self.train_worker: Worker | None = None
+        self.report_worker: Worker | None = None
+        self.save_worker: Worker | None = None
+        self.result: Any = None
+        self.saved_path: Path | None = None
+        self._close_when_stopped = False
+        self._go(0)
+
+    # navigation ----------------------------------------------------------------------------------------------
+    @property
+    def page_index(self) -> int:
+        return self.pages.currentIndex()
+
+    def _go(self, index: int) -> None:
+        self.pages.setCurrentIndex(index)
+        self.steps.setText("  ›  ".join(f"<b>{i + 1} {name}</b>" if i == index else f"{i + 1} {name}"
+                                        for i, name in enumerate(PAGES)))
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        index, training = self.page_index, self.is_training()
+        check = self.data_page.result
+        dataset_ok = check is not None and bool(check.dataset.ok)
+        self.back_button.setVisible(index in (1, 3))
+        self.back_button.setEnabled(not training)
+        self.next_button.setVisible(index == 0)
+        self.next_button.setEnabled(dataset_ok)
+        self.start_button.setVisible(index in (0, 1))
+        self.start_button.setEnabled(dataset_ok and not training)
+        self.start_button.setToolTip("" if dataset_ok else "Choose a folder without errors first.")
+        self.cancel_button.setVisible(index == 2)
+        self.cancel_button.setEnabled(training)
+
+    def _back(self) -> None:
+        self._go(1 if self.page_index == 3 else max(0, self.page_index - 1))
+
+    def _next(self) -> None:
+        self._go(min(self.page_index + 1, 1))
+
+    def _on_folder_checked(self, check: FolderCheck | None) -> None:
+        self.settings_page.set_dataset(None if check is None else check.dataset)
+        self._update_buttons()
+
+    # training ------------------------------------------------------------------------------------------------
+    def is_training(self) -> bool:
+        return self.train_worker is not None and not self.train_worker.done.is_set()
+
+    def start_training(self) -> None:
+        check = self.data_page.result
+        if check is None or not check.dataset.ok or self.is_training():
+            return
+        if not self.settings_page.pattern_is_valid():
+            self._go(1)
+            QMessageBox.warning(self, "Training", "The patient file-name pattern is not a valid regular expression.")
+            return
+        config = self.settings_page.config()
+        self.result = None
+        self.saved_path = None
+        self.training_page.reset()
+        self.results_page.reset()
+        self.train_worker = Worker(run_training, check.dataset, config, tag="train")
+        sig = self.train_worker.signals
+        sig.progress.connect(self.training_page.on_event)
+        sig.returned.connect(self._on_trained)
+        sig.errored.connect(self._on_train_error)
+        sig.aborted.connect(self._on_train_aborted)
+        sig.finished.connect(self._on_train_finished)
+        start_worker(self.train_worker)
+        self._go(2)
+
+    def cancel_training(self) -> None:
+        """Stop the run (the worker's own cancel: its thread is busy in the engine, a queued signal would wait)."""
+        if self.is_training():
+            self.train_worker.cancel()
+            self.training_page.stage.setText("Cancelling…")
+            self.cancel_button.setEnabled(False)
+
+    def _on_trained(self, result: Any) -> None:
+        self.result = result
+        self.training_page.curves.stop()
+        self.training_page.stage.setText("Training finished.")
+        self.training_page.append_log("Training finished.")
+        self.results_page.name_edit.setText(self._suggest_name())
+        self._go(3)
+        self.report_worker = Worker(build_reports, result, self.active_bundle_path(), tag="reports")
+        self.report_worker.signals.returned.connect(self._on_reports)
+        self.report_worker.signals.errored.connect(self._on_reports_error)
+        start_worker(self.report_worker)
+
+    def _on_train_error(self, exc: BaseException) -> None:
+        self.training_page.curves.stop()
+        self.training_page.stage.setText(f"Training failed: {exc}")
+        self.training_page.append_log(f"Training failed: {exc}")
+        self.training_page.bar.setRange(0, 1)
+
+    def _on_train_aborted(self, _worker_id: Any) -> None:
+        self.training_page.curves.stop()
+        self.training_page.stage.setText("Training cancelled. Nothing was saved; your models are unchanged.")
+        self.training_page.append_log("Cancelled.")
+        self.training_page.bar.setRange(0, 1)
+        self.training_page.bar.setValue(0)
+
+    def _on_train_finished(self, _worker_id: Any) -> None:
+        self._update_buttons()
+        if self._close_when_stopped:
+            self._close_when_stopped = False
+            self.close()
+
+    def _suggest_name(self) -> str:
+        root = Path(self.data_page.folder_edit.text() or "model").name or "model"
+        return f"{root} {time.strftime('%Y-%m-%d %H.%M')}"
+
+    # results -------------------------------------------------------------------------------------------------
+    def active_bundle_path(self) -> Path | None:
+        service = getattr(self.window_, "model_service", None)
+        path = getattr(service, "bundle_path", None)
+        return Path(path) if path else None
+
+    def _on_reports(self, reports: tuple[ModelReport, ModelReport | None]) -> None:
+        self.results_page.show_reports(*reports)
+        self.results_page.save_button.setEnabled(True)
+
+    def _on_reports_error(self, exc: BaseException) -> None:
+        self.results_page.new_column.show_message("New model", f"Could not build the results: {exc}")
+        self.results_page.save_button.setEnabled(self.result is not None)
+
+    def save(self) -> None:
+        if self.result is None or (self.save_worker is not None and not self.save_worker.done.is_set()):
+            return
+        from xrayviewer.paths import user_models_dir
+
+        name = self.results_page.name_edit.text().strip()
+        if not name:
+            self.results_page.save_status.setText("Give the model a name first.")
+            return
+        dest = user_models_dir() / bundle_dir_name(name)
+        if dest.exists():  # never overwrite: the user picks another name
+            self.results_page.save_status.setText(f"A model folder named “{dest.name}” already exists in {dest.parent}; "
+                                                  "choose another name.")
+            return
+        self.results_page.save_button.setEnabled(False)
+        self.results_page.save_status.setText(f"Saving to {dest} …")
+        self.save_worker = Worker(save_result, self.result, name, dest, tag="save")
+        self.save_worker.signals.returned.connect(self._on_saved)
+        self.save_worker.signals.errored.connect(self._on_save_error)
+        start_worker(self.save_worker)
+
+    def _on_saved(self, path: Path) -> None:
+        self.saved_path = Path(path)
+        self.results_page.save_status.setText(f"Saved “{self.results_page.name_edit.text().strip()}” to {path}")
+        self.results_page.use_button.setEnabled(hasattr(self.window_, "use_model"))
+
+    def _on_save_error(self, exc: BaseException) -> None:
+        self.results_page.save_status.setText(f"Not saved: {exc}")
+        self.results_page.save_button.setEnabled(True)
+
+    def use_in_viewer(self) -> None:
+        if self.saved_path is not None and hasattr(self.window_, "use_model"):
+            self.window_.use_model(self.saved_path)
+
+    # closing -------------------------------------------------------------------------------------------------
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self.is_training():
+            answer = QMessageBox.question(self, "Training is running",
+                                          "Stop the training and close? Nothing will be saved.",
+                                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                          QMessageBox.StandardButton.No)
+            if answer == QMessageBox.StandardButton.Yes:
+                self._close_when_stopped = True   # closes from _on_train_finished: the GUI never waits here
+                self.cancel_training()
+            event.ignore()
+            return
+        for worker in (self.data_page.worker, self.report_worker):
+            if worker is not None:
+                worker.cancel()
+        super().closeEvent(event)
+
+    def reject(self) -> None:  # Esc goes through closeEvent's question too
+        self.close()
+
+
+# ---------------------------------------------------------------- install into the main window
+
+class _Launcher(QObject):
+    """Owns the dialogs opened from the menu; a child of the window so it lives as long as the window."""
+
+    def __init__(self, window: Any):
+        super().__init__(window if isinstance(window, QObject) else None)
+        self.window_ = window
+        self.training_dialog: TrainingDialog | None = None
+        self.models_manager: QDialog | None = None
+
+    def open_training(self) -> TrainingDialog:
+        if self.training_dialog is None or not self.training_dialog.isVisible():
+            self.training_dialog = TrainingDialog(self.window_)
+        self.training_dialog.show()
+        self.training_dialog.raise_()
+        self.training_dialog.activateWindow()
+        return self.training_dialog
+
+    def open_models_manager(self) -> QDialog:
+        from xrayviewer.ui.models_manager import ModelsManagerDialog
+
+        if self.models_manager is None or not self.models_manager.isVisible():
+            self.models_manager = ModelsManagerDialog(self.window_)
+        self.models_manager.show()
+        self.models_manager.raise_()
+        return self.models_manager
+
+
+def install(window: Any) -> _Launcher:
+    """Add "Train…" (Ctrl+T) and "Manage models…" to the window's Model menu."""
+    launcher = _Launcher(window)
+    menu = window.menu("Model")
+    train = menu.addAction("Train…")
+    train.setShortcut(QKeySequence("Ctrl+T"))
+    train.setStatusTip("Fine-tune a classifier on your own labelled folder")
+    train.triggered.connect(launcher.open_training)
+    manage = menu.addAction("Manage models…")
+    manage.setStatusTip("Rename, delete or export model bundles")
+    manage.triggered.connect(launcher.open_models_manager)
+    window._training_launcher = launcher  # keeps a Python reference when the window is not a QObject
+    return launcher
