@@ -31,6 +31,10 @@ class TruncatedImageError(RadiographError):
     """The file ends before the image data does."""
 
 
+class CorruptImageError(RadiographError):
+    """A known image format whose data is damaged (bad checksum, broken header)."""
+
+
 class ImageTooLargeError(RadiographError):
     """Above the pixel limit (decompression-bomb guard)."""
 

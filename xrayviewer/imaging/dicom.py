@@ -1,0 +1,201 @@
+"""DICOM -> 0..1 grayscale pixels plus meta, through pydicom.
+
+Order of the pixel pipeline (PS3.3 C.11): stored values -> Modality LUT (or RescaleSlope/Intercept) -> VOI LUT
+(or WindowCenter/Width) -> 0..1 -> inverted when MONOCHROME1, so higher is always brighter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from xrayviewer.imaging.display import window_level
+from xrayviewer.imaging.errors import DicomError, TruncatedImageError, UnsupportedImageError
+from xrayviewer.imaging.raster import check_pixel_limit, luminance
+
+# Tags a viewer shows beside the image; stored as strings in meta["dicom"] when present and non-empty.
+VIEWER_TAGS = (
+    "PatientID", "PatientName", "PatientAge", "PatientSex", "PatientBirthDate",
+    "StudyDate", "StudyTime", "StudyDescription", "SeriesDescription", "AccessionNumber",
+    "Modality", "ViewPosition", "BodyPartExamined", "ImageLaterality", "PatientOrientation",
+    "Manufacturer", "ManufacturerModelName", "InstitutionName",
+    "PixelSpacing", "ImagerPixelSpacing", "PhotometricInterpretation",
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+)
+_PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def read_dicom(fileobj: BinaryIO, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode an open DICOM file (with or without the 128-byte preamble)."""
+    ds = _parse(fileobj)
+    notes: list[str] = []
+    meta: dict[str, Any] = {"format": "DICOM", "dicom": viewer_tags(ds), "notes": notes}
+    if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
+        raise DicomError(f"DICOM has no pixel data: it is {_what_it_is(ds)}, not an image")
+    rows, cols = _dimensions(ds)
+    check_pixel_limit(rows, cols, max_pixels)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    meta.update(original_shape=(rows, cols), photometric=photometric, mode=photometric, bit_depth=bits_stored,
+                transfer_syntax=_transfer_syntax(ds, notes).name)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        notes.append(f"multi-frame DICOM: first of {frames} frames shown")
+    stored = _decode_first_frame(ds)
+    if stored.ndim == 3 and stored.shape[-1] in (3, 4):
+        return luminance(stored, float(2 ** int(ds.get("BitsAllocated", 8)) - 1)), meta
+    if stored.ndim != 2:
+        raise UnsupportedImageError(f"DICOM pixel data has shape {stored.shape}: not a 2-D image")
+    if photometric == "PALETTE COLOR":
+        return luminance(apply_color_lut(stored, ds), 65535.0), meta
+    pixels = _monochrome_to_display(stored, ds, meta)
+    if photometric == "MONOCHROME1":  # stored with 0 = white
+        pixels = 1.0 - pixels
+    return pixels, meta
+
+
+def viewer_tags(ds: Dataset) -> dict[str, str]:
+    """The patient/study/image tags a viewer shows, as strings (absent or unreadable tags are left out)."""
+    tags: dict[str, str] = {}
+    for keyword in VIEWER_TAGS:
+        try:
+            value = ds.get(keyword)
+        except Exception:  # a malformed value in one tag must not hide the image
+            continue
+        text = _tag_text(value)
+        if text:
+            tags[keyword] = text
+    sop_class = ds.get("SOPClassUID")
+    if sop_class:
+        tags["SOPClass"] = getattr(sop_class, "name", str(sop_class))
+    return tags
+
+
+def _tag_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _parse(fileobj: BinaryIO) -> Dataset:
+    try:
+        return pydicom.dcmread(fileobj, force=True)
+    except InvalidDicomError as err:
+        raise DicomError(f"not a readable DICOM file ({err})") from err
+    except EOFError as err:
+        raise TruncatedImageError("DICOM file is truncated: it ends in the middle of its header") from err
+    except Exception as err:  # pydicom raises assorted errors on garbage headers
+        raise DicomError(f"DICOM header is damaged ({type(err).__name__}: {err})") from err
+
+
+def _what_it_is(ds: Dataset) -> str:
+    sop_class = ds.get("SOPClassUID")
+    name = getattr(sop_class, "name", "") if sop_class else ""
+    if name and name != str(sop_class):
+        return f"a '{name}' object"
+    modality = ds.get("Modality")
+    return f"a {modality} object" if modality else "a header-only object (e.g. a report or a DICOMDIR)"
+
+
+def _dimensions(ds: Dataset) -> tuple[int, int]:
+    try:
+        return int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise DicomError("DICOM pixel data has no valid Rows/Columns: the header is incomplete") from err
+
+
+def _transfer_syntax(ds: Dataset, notes: list[str]):
+    """The file's transfer syntax; a bare data set (no file meta) gets the one pydicom parsed it with."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None:
+        implicit, _little_endian = ds.original_encoding
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.ensure_file_meta()
+        ds.file_meta.TransferSyntaxUID = syntax
+        notes.append("DICOM without file meta header: transfer syntax inferred")
+    return syntax
+
+
+def _decode_first_frame(ds: Dataset) -> np.ndarray:
+    """Decode only frame 0, after checking a decoder for the compression exists (to name what is missing)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as err:
+        raise DicomError(
+            f"cannot decode this DICOM: its compression '{syntax.name}' ({syntax}) is not supported "
+            "by any installed decoder; convert it to uncompressed DICOM or PNG") from err
+    if not decoder.is_available:
+        needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        raise DicomError(f"cannot decode this DICOM's '{syntax.name}' compression: install a decoder ({needs})")
+    try:
+        return pixel_array(ds, index=0)
+    except (ValueError, EOFError) as err:
+        if "less than" in str(err) or "truncat" in str(err).lower() or isinstance(err, EOFError):
+            raise TruncatedImageError("DICOM is truncated: its pixel data is shorter than the header says") from err
+        raise DicomError(f"DICOM pixel data cannot be decoded ({err})") from err
+    except Exception as err:
+        raise DicomError(f"DICOM pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+
+
+def _monochrome_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]) -> np.ndarray:
+    """Modality LUT, then VOI LUT / window (or a full-range scale), to 0..1."""
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    if ds.get("VOILUTSequence"):
+        lut_values = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+        shown = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
+        low, high = float(lut_values.min()), float(lut_values.max())
+        meta["voi"] = "VOI LUT"
+        return _scale(shown, low, high)
+    window = _first_window(ds, meta)
+    if window is not None:
+        center, width = window
+        meta.update(window_center=center, window_width=width, voi="window")
+        if str(ds.get("VOILUTFunction", "LINEAR")).upper() == "SIGMOID":
+            return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
+        return window_level(values, center, width)
+    return _full_range(values, stored, ds, meta)
+
+
+def _first_window(ds: Dataset, meta: dict[str, Any]) -> tuple[float, float] | None:
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    centers, widths = ds.WindowCenter, ds.WindowWidth
+    many = isinstance(centers, pydicom.multival.MultiValue)
+    try:
+        center = float(centers[0] if many else centers)
+        width = float(widths[0] if isinstance(widths, pydicom.multival.MultiValue) else widths)
+    except (TypeError, ValueError, IndexError):
+        meta["notes"].append("window centre/width in the file is unreadable: ignored")
+        return None
+    if width <= 0:
+        meta["notes"].append("window width in the file is not positive: ignored")
+        return None
+    if many and len(centers) > 1:
+        meta["notes"].append(f"file offers {len(centers)} windows: the first is used")
+    return center, width
+
+
+def _full_range(values: np.ndarray, stored: np.ndarray, ds: Dataset, meta: dict[str, Any]) -> np.ndarray:
+    """No window in the file: 8-bit data keeps its 0..255 scale (like a PNG), deeper data is stretched."""
+    bits = int(meta["bit_depth"])
+    rescaled = "RescaleSlope" in ds or "ModalityLUTSequence" in ds
+    if bits <= 8 and not rescaled and int(ds.get("PixelRepresentation", 0)) == 0:
+        return _scale(values, 0.0, 255.0)
+    low, high = float(values.min()), float(values.max())
+    meta["notes"].append(f"no window in the file: stretched from {low:g}..{high:g}")
+    return _scale(values, low, high)
+
+
+def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
