@@ -325,9 +325,11 @@ class FineTuneJob:
             def feature_progress(done: int, total: int, offset=done_before) -> None:
                 emit(kind="features", done=offset[0] + done, total=n_todo)
 
-            train_features = extractor.extract(train_sources, variants, progress=feature_progress, cancel=cancel)
+            train_features = extractor.extract(train_sources, variants, read=_read_pixels,
+                                               progress=feature_progress, cancel=cancel)
             done_before[0] = len(train_sources) * variants
-            val_features = extractor.extract(val_sources, 1, progress=feature_progress, cancel=cancel)
+            val_features = extractor.extract(val_sources, 1, read=_read_pixels, progress=feature_progress,
+                                             cancel=cancel)
         except ExtractionCancelled:
             return None
         emit(kind="log", text=f"features ready in {time.perf_counter() - t0:.1f} s "
@@ -402,6 +404,15 @@ class FineTuneJob:
             log=list(self._log),
             timings={"features": round(feature_seconds, 2), "head": round(train_seconds, 2),
                      "total": round(seconds, 2)})
+
+
+def _read_pixels(path: str) -> np.ndarray:
+    from xrayviewer.imaging import RadiographError, read_radiograph
+
+    try:
+        return read_radiograph(path).pixels
+    except RadiographError as err:
+        raise TrainingError(f"cannot read {path}: {err}. Remove or replace the file and train again.") from err
 
 
 _ORIGIN_WORDS = {"manifest": "the manifest.csv patient_id column", "pattern": "the file-name pattern",
