@@ -16,3 +16,10 @@ from xrayviewer.imaging.radiograph import Radiograph  # noqa: F401
 
 from xrayviewer.imaging.hashing import file_sha256  # noqa: F401
 from xrayviewer.imaging.reader import read_radiograph  # noqa: F401
+from xrayviewer.imaging.scan import (  # noqa: F401
+    Dataset,
+    DatasetItem,
+    DatasetProblem,
+    discover_dataset,
+    iter_radiographs,
+)
