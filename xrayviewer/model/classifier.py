@@ -162,18 +162,23 @@ class Classifier:
         out: list[Analysis] = []
         for start in range(0, len(radiographs), batch_size):
             chunk = list(radiographs[start:start + batch_size])
-            x = self._batch(chunk)
-            with self._lock:
-                if cams:
-                    probs, logits, pooled, maps = (t.numpy() for t in self._analyze_fn(x))
-                else:
-                    probs, logits, pooled = (t.numpy() for t in self._forward_fn(x))
-                    maps = None
-            ood_scores, ood_flags = self._ood_scores(pooled)
-            for i, radiograph in enumerate(chunk):
-                out.append(Analysis(self.classes, probs[i], logits[i], None if maps is None else maps[i], pooled[i],
-                                    tuple(radiograph.shape), ood_scores[i], ood_flags[i]))
+            out.extend(self.analyze_inputs(self._batch(chunk), [r.shape for r in chunk], cams=cams))
         return out
+
+    def analyze_inputs(self, images: np.ndarray, original_shapes: Sequence[tuple[int, int]], *,
+                       cams: bool = True) -> list[Analysis]:
+        """Analyses of already preprocessed images (n, rows, cols, 3), e.g. when the originals were let go early."""
+        x = np.asarray(images, np.float32)
+        with self._lock:
+            if cams:
+                probs, logits, pooled, maps = (t.numpy() for t in self._analyze_fn(x))
+            else:
+                probs, logits, pooled = (t.numpy() for t in self._forward_fn(x))
+                maps = None
+        ood_scores, ood_flags = self._ood_scores(pooled)
+        return [Analysis(self.classes, probs[i], logits[i], None if maps is None else maps[i], pooled[i],
+                         tuple(int(v) for v in original_shapes[i][:2]), ood_scores[i], ood_flags[i])
+                for i in range(len(x))]
 
     def analyze(self, radiograph: Radiograph) -> Analysis:
         """Probabilities, all-class Grad-CAM, features and OOD for one radiograph, in one compiled pass."""
