@@ -407,3 +407,22 @@ def build_case_report(radiograph: Radiograph, analysis_or_values: Any, model_inf
         fig.savefig(out_png, format="png", dpi=png_dpi, facecolor="white")
         written.append(Path(out_png))
     return written
+
+
+def case_report_for_file(path: str | Path, classifier: Any, *, out_pdf: str | Path | None = None,
+                         out_png: str | Path | None = None, analysis: Any = None, lungs: Any = None,
+                         class_index: int | None = None) -> list[Path]:
+    """Read, analyse (unless `analysis` is given), segment the lungs (when `lungs`), and write the report."""
+    from xrayviewer.reports.runs import analyze_file
+
+    radiograph, analysis, heatmap, mask, attention = analyze_file(path, classifier, analysis=analysis, lungs=lungs,
+                                                                  class_index=class_index)
+    bundle = classifier.bundle
+    ood = getattr(bundle, "ood", None) or {}
+    probs = [float(p) for p in np.asarray(analysis.probabilities).ravel()]
+    index = int(np.argmax(probs)) if class_index is None else int(class_index)
+    findings = CaseFindings(list(classifier.classes), probs, heatmap=heatmap, heatmap_class=classifier.classes[index],
+                            lung_attention=attention, lung_mask=mask,
+                            ood_score=None if analysis.ood_score is None else float(analysis.ood_score),
+                            ood_flag=bool(analysis.ood_flag), ood_threshold=ood.get("threshold"))
+    return build_case_report(radiograph, findings, ModelInfo.from_bundle(bundle), out_pdf, out_png)

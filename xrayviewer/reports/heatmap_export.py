@@ -76,3 +76,12 @@ def export_heatmap(pixels: np.ndarray, heatmap: np.ndarray, out_overlay: str | P
     overlay_path = write_rgb_png(overlay(pixels, heat, alpha), out_overlay)
     raw_path = write_heatmap_png16(heat, out_raw if out_raw is not None else raw_map_path(out_overlay))
     return [overlay_path, raw_path]
+
+
+def export_heatmap_for_file(path: str | Path, classifier, out_overlay: str | Path, out_raw: str | Path | None = None,
+                            *, analysis=None, class_index: int | None = None, alpha: float = 0.4) -> list[Path]:
+    """Read (and analyse unless `analysis` is given) one image and export its heatmap PNGs."""
+    from xrayviewer.reports.runs import analyze_file
+
+    radiograph, _, heatmap, _, _ = analyze_file(path, classifier, analysis=analysis, class_index=class_index)
+    return export_heatmap(radiograph.pixels, heatmap, out_overlay, out_raw, alpha=alpha)
