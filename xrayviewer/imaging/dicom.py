@@ -148,13 +148,12 @@ def _decode_first_frame(ds: Dataset) -> np.ndarray:
 
 def _monochrome_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]) -> np.ndarray:
     """Modality LUT, then VOI LUT / window (or a full-range scale), to 0..1."""
-    values = apply_modality_lut(stored, ds).astype(np.float64)
+    values = apply_modality_lut(stored, ds)  # stays integer without a rescale, as a VOI LUT wants its input
     if ds.get("VOILUTSequence"):
-        lut_values = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
         shown = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
-        low, high = float(lut_values.min()), float(lut_values.max())
         meta["voi"] = "VOI LUT"
-        return _scale(shown, low, high)
+        return _scale(shown, *_lut_range(ds.VOILUTSequence[0]))
+    values = values.astype(np.float64)
     window = _first_window(ds, meta)
     if window is not None:
         center, width = window
@@ -163,6 +162,16 @@ def _monochrome_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]
             return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
         return window_level(values, center, width)
     return _full_range(values, stored, ds, meta)
+
+
+def _lut_range(lut: Dataset) -> tuple[float, float]:
+    """Output range of a LUT: its actual entries (some LUTs declare 16 bits but hold 12-bit values)."""
+    data = lut.LUTData
+    if isinstance(data, (bytes, bytearray)):  # OW: two bytes per entry, whatever the entry bit depth
+        entries = int(lut.LUTDescriptor[0]) or 65536
+        data = np.frombuffer(data, dtype="<u2" if len(data) >= 2 * entries else np.uint8)
+    values = np.asarray(data, dtype=np.float64)
+    return float(values.min()), float(values.max())
 
 
 def _first_window(ds: Dataset, meta: dict[str, Any]) -> tuple[float, float] | None:
