@@ -1,0 +1,92 @@
+"""The bad-input corpus of issue 2: each file reads as an image or raises the expected RadiographError subclass
+with a message a person can act on — never another exception, never a hang."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from badinputs import CORPUS_KEYWORDS, make_bad_input_corpus, synthetic_chest, write_png_gray
+
+from xrayviewer.imaging import ImageTooLargeError, RadiographError, read_radiograph
+
+CORPUS_NAMES = [
+    "empty", "truncated_png", "truncated_jpeg", "truncated_dicom", "damaged_png", "text_as_png", "html_as_jpg",
+    "zip_as_dcm", "dicom_without_pixels", "dicom_unsupported_compression", "decompression_bomb", "one_pixel",
+    "constant", "png_16bit", "rgba_transparent", "palette_inverted", "cmyk_jpeg", "non_ascii_name",
+    "directory_named_png", "broken_symlink", "no_read_permission", "fifo",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_bad_input_corpus(tmp_path_factory.mktemp("bad-inputs"))
+
+
+def test_corpus_covers_issue_2(corpus):
+    missing = set(CORPUS_NAMES) - set(corpus) - ({"fifo"} if not hasattr(os, "mkfifo") else set())
+    assert not missing
+
+
+@pytest.mark.timeout(30)  # a FIFO opened for reading would block forever
+@pytest.mark.parametrize("name", CORPUS_NAMES)
+def test_bad_input_gives_the_expected_outcome(corpus, name):
+    if name not in corpus:
+        pytest.skip(f"{name} cannot be made on this platform")
+    path, expected = corpus[name]
+    if name == "no_read_permission" and os.access(path, os.R_OK):
+        pytest.skip("running as root (or on a file system without permissions): a chmod 000 file is still readable")
+    if expected is None:
+        rg = read_radiograph(path)
+        assert rg.pixels.dtype == np.float32 and rg.pixels.ndim == 2 and rg.pixels.flags.c_contiguous
+        assert 0.0 <= rg.pixels.min() <= rg.pixels.max() <= 1.0
+        return
+    with pytest.raises(RadiographError) as caught:
+        read_radiograph(path)
+    err = caught.value
+    assert type(err) is expected, f"{name}: {type(err).__name__}: {err}"
+    for word in CORPUS_KEYWORDS[name]:
+        assert word.lower() in str(err).lower(), f"{name}: {word!r} not in {str(err)!r}"
+    assert err.path == str(path)
+    assert "Traceback" not in str(err) and len(str(err)) < 300
+
+
+def test_readable_corpus_files_look_right(corpus):
+    one = read_radiograph(corpus["one_pixel"][0])
+    assert one.shape == (1, 1) and one.pixels[0, 0] == pytest.approx(128 / 255)
+    constant = read_radiograph(corpus["constant"][0])
+    assert float(constant.pixels.std()) == 0.0 and constant.pixels[0, 0] == pytest.approx(77 / 255)
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path):
+    path = write_png_gray(tmp_path / "small.png", synthetic_chest(96, 80))
+    with pytest.raises(ImageTooLargeError, match=r"image is 80×96 \(0\.0 MP\), above the 0\.0 MP limit"):
+        read_radiograph(path, max_pixels=1000)
+    assert read_radiograph(path, max_pixels=96 * 80).shape == (96, 80)
+
+
+def test_unexpected_exceptions_are_wrapped_with_their_text(tmp_path, monkeypatch):
+    from xrayviewer.imaging import reader
+
+    def broken_decoder(*args, **kwargs):
+        raise KeyError("something nobody foresaw")
+
+    monkeypatch.setattr(reader, "read_raster", broken_decoder)
+    path = write_png_gray(tmp_path / "fine.png", synthetic_chest())
+    with pytest.raises(RadiographError) as caught:
+        read_radiograph(path)
+    assert type(caught.value) is RadiographError
+    assert "something nobody foresaw" in str(caught.value) and caught.value.path == str(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RadiographError, match="file not found"):
+        read_radiograph(tmp_path / "gone.png")
+
+
+def test_random_bytes_with_an_image_extension(tmp_path):
+    path = tmp_path / "noise.bmp"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes().replace(b"BM", b"bm"))
+    with pytest.raises(RadiographError, match="not an image"):
+        read_radiograph(path)
