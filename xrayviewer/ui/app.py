@@ -1,20 +1,146 @@
-"""QApplication set-up and the window's start. (Placeholder until the viewer lands: issue 4 replaces it.)"""
+"""QApplication set-up, the window's start, and screenshot mode (`--open PATH [--select FILE] --screenshot OUT`).
+
+The window is shown first; the model (TensorFlow) loads afterwards in a worker, so the app is on screen at once.
+"""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer
+from PySide6.QtGui import QColor, QIcon, QPalette
+from PySide6.QtWidgets import QApplication
+
+from xrayviewer import APP_NAME, __version__
+from xrayviewer.paths import RESOURCES_DIR
+
+SCREENSHOT_TIMEOUT_S = 180
+
+
+def app_icon() -> QIcon:
+    return QIcon(str(RESOURCES_DIR / "xrayviewer.svg"))
+
+
+def dark_palette() -> QPalette:
+    p = QPalette()
+    colours = {
+        QPalette.ColorRole.Window: "#1b2128", QPalette.ColorRole.WindowText: "#dde3e9",
+        QPalette.ColorRole.Base: "#14191f", QPalette.ColorRole.AlternateBase: "#252d36",
+        QPalette.ColorRole.Text: "#dde3e9", QPalette.ColorRole.Button: "#232a32",
+        QPalette.ColorRole.ButtonText: "#dde3e9", QPalette.ColorRole.Highlight: "#2f6fbf",
+        QPalette.ColorRole.HighlightedText: "#ffffff", QPalette.ColorRole.ToolTipBase: "#252d36",
+        QPalette.ColorRole.ToolTipText: "#eef2f5", QPalette.ColorRole.Link: "#7fb4ff",
+        QPalette.ColorRole.PlaceholderText: "#8d99a6", QPalette.ColorRole.BrightText: "#ffffff",
+    }
+    for role, colour in colours.items():
+        p.setColor(role, QColor(colour))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.WindowText, QPalette.ColorRole.ButtonText):
+        p.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6b7580"))
+    return p
+
+
+def configure_app(app: QApplication) -> None:
+    """Name, icon, Fusion style with the dark palette and resources/style.qss (also used by tests)."""
+    app.setApplicationName(APP_NAME)
+    app.setApplicationDisplayName(APP_NAME)
+    app.setApplicationVersion(__version__)
+    app.setOrganizationName(APP_NAME)
+    app.setDesktopFileName("xrayviewer")
+    app.setWindowIcon(app_icon())
+    app.setStyle("Fusion")
+    app.setPalette(dark_palette())
+    qss = RESOURCES_DIR / "style.qss"
+    if qss.is_file():
+        app.setStyleSheet(qss.read_text(encoding="utf-8"))
+
+
+class ScreenshotMode(QObject):
+    """Waits until the selected image's prediction and heatmap are on screen, saves window.grab(), quits.
+
+    Exit code 0 on success; 1 with the reason on stderr when the file cannot be read, the model cannot be loaded,
+    the folder has no radiographs, or nothing is shown within the timeout.
+    """
+
+    def __init__(self, window, out: str | Path, select: str | Path | None = None,
+                 timeout_s: float = SCREENSHOT_TIMEOUT_S):
+        super().__init__(window)
+        self.window, self.out = window, Path(out)
+        self.select = str(Path(select).expanduser().resolve()) if select else None
+        self.exit_code: int | None = None
+        window.displayComplete.connect(self._on_complete)
+        window.imageFailed.connect(self._on_image_failed)
+        window.folderScanned.connect(self._on_scanned)
+        window.model_service.loadFailed.connect(self._on_model_failed)
+        self._timer = QTimer(self, singleShot=True)
+        self._timer.timeout.connect(self._on_timeout)
+        self._timer.start(int(timeout_s * 1000))
+
+    def _target(self) -> str | None:
+        return self.select or (str(self.window.current_path()) if self.window.current_path() else None)
+
+    def _on_complete(self, path: str) -> None:
+        if self.exit_code is None and path == self._target():
+            QTimer.singleShot(300, self._save)   # let the last paint settle
+
+    def _save(self) -> None:
+        if self.exit_code is not None:
+            return
+        QApplication.processEvents()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self.window.grab().save(str(self.out)):
+            print(f"screenshot saved: {self.out}")
+            self._finish(0)
+        else:
+            self._fail(f"could not write the screenshot to {self.out}")
+
+    def _on_image_failed(self, path: str, message: str) -> None:
+        if path == self._target() or path == self.select:
+            self._fail(f"{path}: {message}")
+
+    def _on_scanned(self, count: int) -> None:
+        if count == 0:
+            self._fail("no radiographs found to show")
+
+    def _on_model_failed(self, path: str, message: str) -> None:
+        self._fail(f"could not load the model {path}: {message}")
+
+    def _on_timeout(self) -> None:
+        self._fail(f"timed out: the prediction and heatmap were not shown within {self._timer.interval() // 1000} s")
+
+    def _fail(self, reason: str) -> None:
+        if self.exit_code is None:
+            print(f"screenshot failed: {reason}", file=sys.stderr)
+            self._finish(1)
+
+    def _finish(self, code: int) -> None:
+        self.exit_code = code
+        self._timer.stop()
+        QApplication.instance().exit(code)
 
 
 def run_app(args) -> int:
-    from PySide6.QtWidgets import QApplication, QLabel, QMainWindow
-
-    from xrayviewer import APP_NAME, DISCLAIMER
+    """Open the window (and with args.screenshot, take the screenshot and exit). Returns the exit code."""
+    from xrayviewer.ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setApplicationName(APP_NAME)
-    win = QMainWindow()
-    win.setWindowTitle(APP_NAME)
-    win.setCentralWidget(QLabel(DISCLAIMER))
-    win.resize(1200, 800)
-    win.show()
-    return app.exec()
+    configure_app(app)
+    window = MainWindow()
+    window.show()
+    screenshot = None
+    if getattr(args, "screenshot", None):
+        screenshot = ScreenshotMode(window, args.screenshot, getattr(args, "select", None))
+
+    def start() -> None:
+        have_model = window.load_initial_model(getattr(args, "model", None))
+        if screenshot is not None and not have_model:
+            screenshot._fail("no model bundle to load (models/default is missing; pass --model DIR)")
+            return
+        if getattr(args, "open", None):
+            window.open_path(args.open, getattr(args, "select", None))
+
+    QTimer.singleShot(0, start)   # after the first paint: the window is on screen before TensorFlow loads
+    code = app.exec()
+    if screenshot is not None and screenshot.exit_code is not None:
+        return screenshot.exit_code
+    return int(code)

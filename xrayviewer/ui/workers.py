@@ -100,13 +100,53 @@ def check_cancel(cancel: threading.Event | None) -> None:
         raise Cancelled()
 
 
-def start_worker(worker: Worker, pool: QThreadPool | None = None) -> Worker:
-    """Queue the worker; keeps it alive until it finishes."""
+def start_worker(worker: Worker, pool: QThreadPool | None = None, priority: int = 0) -> Worker:
+    """Queue the worker; keeps it alive until it finishes. Higher `priority` runs first among queued workers."""
     _live.add(worker)
     holder = _Keep.hold(worker)
+    worker._holder = holder  # type: ignore[attr-defined]  # lets `discard` release a worker that never runs
     worker.signals.finished.connect(holder.release)
-    (pool or QThreadPool.globalInstance()).start(worker)
+    worker.pool = pool or QThreadPool.globalInstance()  # type: ignore[attr-defined]
+    worker.pool.start(worker, priority)
     return worker
+
+
+def discard(worker: Worker) -> None:
+    """Cancel a worker; if it is still queued, take it off the queue so it never runs (reported as aborted)."""
+    worker.cancel()
+    pool = getattr(worker, "pool", None)
+    if pool is not None and not worker.done.is_set() and pool.tryTake(worker):
+        worker.done.set()
+        worker._holder.release()  # type: ignore[attr-defined]
+        worker.signals.aborted.emit(worker.id)
+        worker.signals.finished.emit(worker.id)
+
+
+class LatestRequest:
+    """One slot of background work where the newest request wins (labelme's save writer, superqt's `quit`).
+
+    `submit(worker)` discards the previous worker of this slot — unqueued if it has not started, cancelled if it
+    runs — so a user flipping through 100 images never waits behind 99 stale requests. Callers still compare the
+    result's tag with what they want now: a cancelled worker may already have returned.
+    """
+
+    def __init__(self, pool: QThreadPool | None = None, priority: int = 0):
+        self.pool, self.priority = pool, priority
+        self.current: Worker | None = None
+
+    def submit(self, worker: Worker) -> Worker:
+        self.cancel()
+        self.current = worker
+        return start_worker(worker, self.pool, self.priority)
+
+    def cancel(self) -> None:
+        if self.current is not None:
+            discard(self.current)
+            self.current = None
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None and not self.current.done.is_set()
 
 
 class _Keep(QObject):
@@ -134,7 +174,11 @@ def active_workers() -> list[Worker]:
 
 
 def cancel_all_and_wait(timeout_ms: int = 3000) -> bool:
-    """On quit: ask every worker to stop, then wait for the pool. True when all stopped in time."""
+    """On quit: ask every worker to stop, then wait for their pools. True when all stopped in time."""
+    pools = {id(QThreadPool.globalInstance()): QThreadPool.globalInstance()}
     for w in active_workers():
-        w.cancel()
-    return QThreadPool.globalInstance().waitForDone(timeout_ms)
+        pool = getattr(w, "pool", None)
+        if pool is not None:
+            pools[id(pool)] = pool
+        discard(w)
+    return all([pool.waitForDone(timeout_ms) for pool in pools.values()])

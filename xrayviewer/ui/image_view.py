@@ -1,0 +1,515 @@
+"""The radiograph and its heatmap: two linked QGraphicsViews side by side, or one with the heatmap overlaid.
+
+The view state (zoom, rotation, flips, window/level, invert, opacity, colormap) lives in `ViewerPane`; each
+`RadiographCanvas` only draws. Rotation and flips are view transforms: the pixels are never changed. The heatmap is a
+pixmap at most DISPLAY_MAX_SIDE big, scaled by an item transform onto exactly the image's extent, so it lies on the
+image pixel for pixel at every zoom, rotation and flip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF, QTransform
+from PySide6.QtWidgets import (QFrame, QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView,
+                               QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget)
+
+from xrayviewer.imaging.display import colorize, to_uint8, window_level
+from xrayviewer.ui.jobs import LEVELS, METHODS, Explained, LoadedImage
+
+COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma")    # matplotlib names (imaging.display.colorize)
+MIN_ZOOM, MAX_ZOOM = 0.02, 32.0
+WL_PER_PIXEL = 0.003    # window/level change per pixel of right-drag (pixels are 0..1)
+
+
+def qimage_gray(pixels: np.ndarray) -> QImage:
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    rows, cols = pixels.shape
+    return QImage(pixels.data, cols, rows, pixels.strides[0], QImage.Format.Format_Grayscale8).copy()
+
+
+def qimage_rgba(rgba: np.ndarray) -> QImage:
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    rows, cols, _ = rgba.shape
+    return QImage(rgba.data, cols, rows, rgba.strides[0], QImage.Format.Format_RGBA8888).copy()
+
+
+def heatmap_rgba(heatmap: np.ndarray, colormap: str, inside: np.ndarray | None = None) -> np.ndarray:
+    """Colour a 0..1 heatmap; pixels outside `inside` (a bool mask of the same shape) are transparent."""
+    rgba = np.empty(heatmap.shape + (4,), np.uint8)
+    rgba[..., :3] = colorize(heatmap, colormap)
+    rgba[..., 3] = 255 if inside is None else np.where(inside, 255, 0).astype(np.uint8)
+    return rgba
+
+
+@dataclass
+class ViewState:
+    zoom: float = 1.0
+    fit: bool = True
+    rotation: int = 0            # degrees, multiple of 90, clockwise
+    flip_h: bool = False
+    flip_v: bool = False
+    center: float = 0.5          # window level, in pixel units 0..1
+    width: float = 1.0           # window width
+    invert: bool = False
+
+
+class RadiographCanvas(QGraphicsView):
+    """One pane: the image, optionally the heatmap over it, optionally the lung outline. Draws; holds no state."""
+
+    wheelZoom = Signal(object, float)          # canvas, factor
+    windowDrag = Signal(float, float)          # dx, dy pixels of a right-drag
+    scrolled = Signal(object)                  # canvas
+    resized = Signal(object)
+    fitRequested = Signal()
+
+    def __init__(self, name: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setScene(QGraphicsScene(self))
+        self.setBackgroundBrush(QColor("#0b0d10"))
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setRenderHints(QPainter.RenderHint.SmoothPixmapTransform | QPainter.RenderHint.Antialiasing)
+        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.NoContextMenu)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)   # pan by drag, as in OHIF
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        self.image_item = QGraphicsPixmapItem()
+        self.image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self.heat_item = QGraphicsPixmapItem()
+        self.heat_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self.heat_item.setZValue(1)
+        self.outline_item = QGraphicsPathItem()
+        pen = QPen(QColor("#7fe7ff"), 1.6)
+        pen.setCosmetic(True)  # same thickness at every zoom
+        self.outline_item.setPen(pen)
+        self.outline_item.setZValue(2)
+        for item in (self.image_item, self.heat_item, self.outline_item):
+            self.scene().addItem(item)
+        self.message = QLabel(self.viewport())
+        self.message.setObjectName("canvasMessage")
+        self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.message.setWordWrap(True)
+        self.message.hide()
+        self._wl_drag: QPointF | None = None
+        self.horizontalScrollBar().valueChanged.connect(self._emit_scrolled)
+        self.verticalScrollBar().valueChanged.connect(self._emit_scrolled)
+
+    # --- content
+    def set_image(self, image: QImage | None) -> None:
+        self.image_item.setPixmap(QPixmap.fromImage(image) if image is not None else QPixmap())
+        rect = QRectF(self.image_item.boundingRect())
+        # generous margins so a zoomed or rotated image can be panned to any edge
+        margin = max(rect.width(), rect.height())
+        self.scene().setSceneRect(rect.adjusted(-margin, -margin, margin, margin))
+
+    def set_heatmap(self, image: QImage | None, image_shape: tuple[int, int] | None = None) -> None:
+        if image is None:
+            self.heat_item.setPixmap(QPixmap())
+            return
+        self.heat_item.setPixmap(QPixmap.fromImage(image))
+        rows, cols = image_shape
+        self.heat_item.setTransform(QTransform.fromScale(cols / image.width(), rows / image.height()))
+
+    def set_outline(self, polygons: list[np.ndarray]) -> None:
+        path = QPainterPath()
+        for poly in polygons:
+            path.addPolygon(QPolygonF([QPointF(float(x), float(y)) for x, y in poly]))
+            path.closeSubpath()
+        self.outline_item.setPath(path)
+
+    def show_message(self, text: str, kind: str = "info") -> None:
+        if not text:
+            self.message.hide()
+            return
+        self.message.setText(text)
+        self.message.setProperty("kind", kind)
+        self.message.style().unpolish(self.message)
+        self.message.style().polish(self.message)
+        self._place_message()
+        self.message.show()
+
+    def _place_message(self) -> None:
+        vp = self.viewport().rect()
+        width = min(vp.width() - 24, 420)
+        self.message.setFixedWidth(max(width, 80))
+        self.message.adjustSize()
+        self.message.move((vp.width() - self.message.width()) // 2, 14)
+
+    # --- geometry helpers
+    def image_rect(self) -> QRectF:
+        return QRectF(self.image_item.boundingRect())
+
+    def view_center(self) -> QPointF:
+        return self.mapToScene(self.viewport().rect().center())
+
+    # --- events
+    def _emit_scrolled(self, *_):
+        self.scrolled.emit(self)
+
+    def wheelEvent(self, event):  # noqa: N802 - Qt override
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self.wheelZoom.emit(self, 1.15 ** steps)
+        event.accept()
+
+    def mousePressEvent(self, event):  # noqa: N802
+        if event.button() == Qt.MouseButton.RightButton:
+            self._wl_drag = event.position()
+            self.viewport().setCursor(Qt.CursorShape.SizeAllCursor)
+            event.accept()
+            return
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event):  # noqa: N802
+        if self._wl_drag is not None:
+            delta = event.position() - self._wl_drag
+            self._wl_drag = event.position()
+            self.windowDrag.emit(delta.x(), delta.y())
+            event.accept()
+            return
+        super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event):  # noqa: N802
+        if event.button() == Qt.MouseButton.RightButton and self._wl_drag is not None:
+            self._wl_drag = None
+            self.viewport().unsetCursor()
+            event.accept()
+            return
+        super().mouseReleaseEvent(event)
+
+    def mouseDoubleClickEvent(self, event):  # noqa: N802
+        if event.button() == Qt.MouseButton.LeftButton:
+            self.fitRequested.emit()
+            event.accept()
+            return
+        super().mouseDoubleClickEvent(event)
+
+    def resizeEvent(self, event):  # noqa: N802
+        super().resizeEvent(event)
+        if self.message.isVisible():
+            self._place_message()
+        self.resized.emit(self)
+
+
+class ViewerPane(QWidget):
+    """Radiograph (left) and heatmap (right) with linked zoom and pan, or one overlaid view.
+
+    Signals: `stateChanged` whenever zoom, window/level, opacity, ... change (panels and settings follow it).
+    """
+
+    stateChanged = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.state = ViewState()
+        self.overlay = False         # True: one view with the heatmap on the image
+        self.show_heatmap = True
+        self.show_outline = False
+        self.lungs_only = False
+        self.opacity = 0.45
+        self.colormap = "jet"
+        self.image: LoadedImage | None = None
+        self.explained: Explained | None = None
+        self._lut_key = None
+        self._lut = None
+        self._syncing = False
+        self._render_pending = False
+
+        self.left = RadiographCanvas("imageCanvas")
+        self.right = RadiographCanvas("heatmapCanvas")
+        self.left_title = QLabel("Radiograph")
+        self.right_title = QLabel("Heatmap")
+        for title in (self.left_title, self.right_title):
+            title.setObjectName("paneTitle")
+            title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.left_box, self.right_box = QWidget(), QWidget()
+        for box, title, canvas in ((self.left_box, self.left_title, self.left),
+                                   (self.right_box, self.right_title, self.right)):
+            lay = QVBoxLayout(box)
+            lay.setContentsMargins(0, 0, 0, 0)
+            lay.setSpacing(0)
+            lay.addWidget(title)
+            lay.addWidget(canvas, 1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.left_box, 1)
+        layout.addWidget(self.right_box, 1)
+        for canvas in self.canvases:
+            canvas.wheelZoom.connect(self._on_wheel)
+            canvas.windowDrag.connect(self._on_window_drag)
+            canvas.scrolled.connect(self._on_scrolled)
+            canvas.resized.connect(self._on_resized)
+            canvas.fitRequested.connect(self.fit)
+        self.left.heat_item.hide()
+        self._show_idle()
+
+    @property
+    def canvases(self) -> tuple[RadiographCanvas, RadiographCanvas]:
+        return self.left, self.right
+
+    def visible_canvases(self) -> list[RadiographCanvas]:
+        return [self.right] if self.overlay else [self.left, self.right]
+
+    # --- content
+    def _show_idle(self) -> None:
+        self.left.show_message("Open a folder or drop radiographs here  (File › Open folder…, Ctrl+O)")
+        self.right.show_message("")
+
+    def clear(self) -> None:
+        self.image, self.explained = None, None
+        for canvas in self.canvases:
+            canvas.set_image(None)
+            canvas.set_heatmap(None)
+            canvas.set_outline([])
+        self._show_idle()
+        self._update_titles()
+
+    def show_image(self, image: LoadedImage) -> None:
+        """A new radiograph: draw it; the heatmap stays empty until `show_explained`."""
+        new_shape = self.image is None or self.image.shape != image.shape
+        self.image, self.explained = image, None
+        self._render_image()
+        for canvas in self.canvases:
+            canvas.set_heatmap(None)
+            canvas.set_outline([])
+            canvas.show_message("")
+        if new_shape or self.state.fit:
+            self.fit()
+        else:
+            self._apply_transform()
+        self._update_titles()
+
+    def show_pending(self, text: str) -> None:
+        self.right.show_message(text, "busy")
+
+    def show_error(self, text: str, on_image: bool = False) -> None:
+        (self.left if on_image and not self.overlay else self.right).show_message(text, "error")
+        if on_image:
+            self.image, self.explained = None, None
+            for canvas in self.canvases:
+                canvas.set_image(None)
+                canvas.set_heatmap(None)
+                canvas.set_outline([])
+            if not self.overlay:
+                self.right.show_message("")
+            self._update_titles()
+
+    def show_explained(self, explained: Explained | None) -> None:
+        self.explained = explained
+        self.right.show_message("")
+        self._render_heatmap()
+        self._render_outline()
+        self._update_titles()
+
+    # --- rendering
+    def _render_image(self) -> None:
+        self._render_pending = False
+        if self.image is None:
+            return
+        key = (round(self.state.center, 4), round(self.state.width, 4), self.state.invert)
+        if key != self._lut_key:
+            ramp = np.linspace(0.0, 1.0, LEVELS, dtype=np.float32)
+            lut = to_uint8(window_level(ramp, self.state.center, self.state.width))
+            self._lut = 255 - lut if self.state.invert else lut
+            self._lut_key = key
+        qimage = qimage_gray(self._lut[self.image.levels])
+        for canvas in self.canvases:
+            canvas.set_image(qimage)
+
+    def _schedule_render(self) -> None:
+        """Coalesce a burst of window/level changes (right-drag) into one redraw per event-loop turn."""
+        if not self._render_pending:
+            self._render_pending = True
+            QTimer.singleShot(0, self._render_image)
+
+    def _render_heatmap(self) -> None:
+        ex = self.explained
+        if ex is None or self.image is None or not self.show_heatmap:
+            self.right.set_heatmap(None)
+            return
+        inside = ex.lung_mask if (self.lungs_only and ex.lung_mask is not None) else None
+        self.right.set_heatmap(qimage_rgba(heatmap_rgba(ex.heatmap, self.colormap, inside)), self.image.shape)
+        self.right.heat_item.setOpacity(self.opacity)
+
+    def _render_outline(self) -> None:
+        polygons = self.explained.lung_outline if (self.explained is not None and self.show_outline) else []
+        for canvas in self.canvases:
+            canvas.set_outline(polygons)
+
+    def _update_titles(self) -> None:
+        if self.image is None:
+            self.left_title.setText("Radiograph")
+            self.right_title.setText("Heatmap")
+            return
+        rows, cols = self.image.shape
+        wl = f"W {self.state.width:.2f}  L {self.state.center:.2f}" + ("  inverted" if self.state.invert else "")
+        self.left_title.setText(f"Radiograph  ·  {cols}×{rows}  ·  {wl}")
+        ex = self.explained
+        if ex is None:
+            self.right_title.setText("Heatmap  ·  computing…" if self.show_heatmap else "Heatmap hidden")
+        else:
+            cls = list(ex.row.probabilities)[ex.class_index]
+            extra = "  ·  inside lungs only" if (self.lungs_only and ex.lung_mask is not None) else ""
+            shown = "" if self.show_heatmap else "  (hidden)"
+            self.right_title.setText(f"{METHODS.get(ex.method, ex.method)} for “{cls}”  ·  opacity "
+                                     f"{round(self.opacity * 100)} %{extra}{shown}")
+
+    # --- heatmap options
+    def set_overlay(self, overlay: bool) -> None:
+        self.overlay = bool(overlay)
+        self.left_box.setVisible(not self.overlay)
+        if self.state.fit:
+            QTimer.singleShot(0, self.fit)
+        self.stateChanged.emit()
+
+    def set_opacity(self, opacity: float) -> None:
+        self.opacity = float(min(1.0, max(0.0, opacity)))
+        self.right.heat_item.setOpacity(self.opacity)
+        self._update_titles()
+        self.stateChanged.emit()
+
+    def set_colormap(self, name: str) -> None:
+        if name in COLORMAPS and name != self.colormap:
+            self.colormap = name
+            self._render_heatmap()
+            self.stateChanged.emit()
+
+    def set_show_heatmap(self, show: bool) -> None:
+        self.show_heatmap = bool(show)
+        self._render_heatmap()
+        self._update_titles()
+        self.stateChanged.emit()
+
+    def set_show_outline(self, show: bool) -> None:
+        self.show_outline = bool(show)
+        self._render_outline()
+        self.stateChanged.emit()
+
+    def set_lungs_only(self, on: bool) -> None:
+        self.lungs_only = bool(on)
+        self._render_heatmap()
+        self._update_titles()
+        self.stateChanged.emit()
+
+    # --- window / level
+    def set_window(self, center: float, width: float) -> None:
+        self.state.center = float(min(1.5, max(-0.5, center)))
+        self.state.width = float(min(2.0, max(0.01, width)))
+        self._schedule_render()
+        self._update_titles()
+        self.stateChanged.emit()
+
+    def _on_window_drag(self, dx: float, dy: float) -> None:
+        self.set_window(self.state.center + dy * WL_PER_PIXEL, self.state.width + dx * WL_PER_PIXEL)
+
+    def toggle_invert(self) -> None:
+        self.state.invert = not self.state.invert
+        self._render_image()
+        self._update_titles()
+        self.stateChanged.emit()
+
+    def reset(self) -> None:
+        """Space (OHIF): window/level, invert, rotation, flips and zoom back to their defaults."""
+        self.state = ViewState()
+        self._render_image()
+        self.fit()
+        self._update_titles()
+        self.stateChanged.emit()
+
+    # --- geometry
+    def _transform(self) -> QTransform:
+        s = self.state
+        return (QTransform.fromScale(s.zoom, s.zoom) * QTransform().rotate(s.rotation)
+                * QTransform.fromScale(-1.0 if s.flip_h else 1.0, -1.0 if s.flip_v else 1.0))
+
+    def _apply_transform(self, source: RadiographCanvas | None = None) -> None:
+        self._syncing = True
+        try:
+            center = source.view_center() if source is not None else None
+            for canvas in self.canvases:
+                canvas.setTransform(self._transform())
+            if source is None:
+                center = self.right.image_rect().center() if self.state.fit else self.right.view_center()
+            for canvas in self.canvases:
+                if canvas is not source:
+                    canvas.centerOn(center)
+        finally:
+            self._syncing = False
+
+    def fit_zoom(self) -> float:
+        canvas = self.right
+        rect = canvas.image_rect()
+        if rect.isEmpty():
+            return 1.0
+        w, h = rect.width(), rect.height()
+        if self.state.rotation % 180:
+            w, h = h, w
+        vp = canvas.viewport().rect()
+        return max(MIN_ZOOM, min(MAX_ZOOM, min((vp.width() - 8) / w, (vp.height() - 8) / h)))
+
+    def fit(self) -> None:
+        self.state.fit = True
+        self.state.zoom = self.fit_zoom()
+        self._apply_transform()
+        self.stateChanged.emit()
+
+    def actual_size(self) -> None:
+        self.set_zoom(1.0)
+
+    def set_zoom(self, zoom: float, source: RadiographCanvas | None = None) -> None:
+        self.state.fit = False
+        self.state.zoom = float(min(MAX_ZOOM, max(MIN_ZOOM, zoom)))
+        self._apply_transform(source)
+        self.stateChanged.emit()
+
+    def zoom_by(self, factor: float) -> None:
+        self.set_zoom(self.state.zoom * factor)
+
+    def _on_wheel(self, canvas: RadiographCanvas, factor: float) -> None:
+        self.set_zoom(self.state.zoom * factor, source=canvas)
+
+    def rotate(self, degrees: int) -> None:
+        self.state.rotation = (self.state.rotation + degrees) % 360
+        self._refit_or_apply()
+
+    def flip(self, horizontal: bool) -> None:
+        if horizontal:
+            self.state.flip_h = not self.state.flip_h
+        else:
+            self.state.flip_v = not self.state.flip_v
+        self._refit_or_apply()
+
+    def _refit_or_apply(self) -> None:
+        if self.state.fit:
+            self.fit()
+        else:
+            self._apply_transform()
+            self.stateChanged.emit()
+
+    def _on_scrolled(self, canvas: RadiographCanvas) -> None:
+        if self._syncing or self.overlay:
+            return
+        self._syncing = True
+        try:
+            center = canvas.view_center()
+            for other in self.canvases:
+                if other is not canvas:
+                    other.centerOn(center)
+        finally:
+            self._syncing = False
+
+    def _on_resized(self, canvas: RadiographCanvas) -> None:
+        if canvas is self.right and self.state.fit and self.image is not None:
+            QTimer.singleShot(0, self._refit_if_fit)
+
+    def _refit_if_fit(self) -> None:
+        if self.state.fit and self.image is not None:
+            self.state.zoom = self.fit_zoom()
+            self._apply_transform()

@@ -1,0 +1,262 @@
+"""Work functions the viewer runs in background workers. No Qt here: they return plain data, cached by content.
+
+Every result carries what it was computed for (path, file sha256, model key, method, class) so the GUI can drop a
+result that no longer matches what is on screen.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import cv2
+import numpy as np
+
+from xrayviewer.imaging import RadiographError, Radiograph
+from xrayviewer.results import ResultRow
+from xrayviewer.ui.cache import LRUCache
+from xrayviewer.ui.workers import check_cancel
+
+DISPLAY_MAX_SIDE = 1024     # heatmaps and lung masks are computed at most this big, then scaled onto the image
+LEVELS = 4096               # images are kept as 12-bit indices so window/level is one table look-up on the GUI thread
+THUMB_SIDE = 72
+
+METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
+
+
+@dataclass
+class LoadedImage:
+    path: str
+    radiograph: Radiograph
+    sha256: str
+    levels: np.ndarray          # uint16 (rows, cols) in 0..LEVELS-1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.radiograph.shape
+
+
+@dataclass
+class Explained:
+    """Everything the viewer shows for one (image, model, method, class) request."""
+
+    path: str
+    sha256: str
+    model_key: str
+    method: str
+    class_index: int
+    analysis: Any
+    heatmap: np.ndarray                      # float32 0..1 at display_shape(image shape)
+    row: ResultRow
+    lung_mask: np.ndarray | None = None      # bool at the heatmap's shape
+    lung_outline: list[np.ndarray] = field(default_factory=list)   # (N, 2) x, y polygons in image pixels
+    lung_attention: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Caches:
+    """Content-keyed caches shared by all workers (bounded; thread-safe)."""
+
+    def __init__(self):
+        self.images = LRUCache(max_bytes=600 << 20, max_items=12)       # path -> LoadedImage
+        self.analyses = LRUCache(max_bytes=200 << 20, max_items=5000)   # (sha, model) -> Analysis
+        self.heatmaps = LRUCache(max_bytes=300 << 20, max_items=400)    # (sha, model, method, class) -> heatmap
+        self.lungs = LRUCache(max_bytes=100 << 20, max_items=200)       # (sha, shape) -> (mask, outline)
+
+    def clear(self) -> None:
+        for cache in (self.images, self.analyses, self.heatmaps, self.lungs):
+            cache.clear()
+
+
+def display_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    rows, cols = shape
+    scale = min(1.0, DISPLAY_MAX_SIDE / max(rows, cols))
+    return max(1, round(rows * scale)), max(1, round(cols * scale))
+
+
+def ground_truth_for(path: str | Path, classes: Iterable[str]) -> str:
+    """The class named by the parent folder (`covid/x.png` -> "covid"), or "" when the folder names no class."""
+    parent = Path(path).parent.name.lower()
+    for name in classes:
+        if name.lower() == parent:
+            return name
+    return ""
+
+
+def load_image(path: str | Path, cache: LRUCache | None = None) -> LoadedImage:
+    """Read and hash a radiograph (RadiographError on failure)."""
+    from xrayviewer.imaging import file_sha256, read_radiograph
+
+    key = str(path)
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None:
+        return hit
+    radiograph = read_radiograph(path)
+    levels = np.rint(np.clip(radiograph.pixels, 0.0, 1.0) * (LEVELS - 1)).astype(np.uint16)
+    loaded = LoadedImage(key, radiograph, file_sha256(path), levels)
+    if cache is not None:
+        cache.put(key, loaded)
+    return loaded
+
+
+def result_row(path: str, analysis: Any, classes: list[str], ground_truth: str = "",
+               lung_attention: float | None = None) -> ResultRow:
+    probs = np.asarray(analysis.probabilities, dtype=float)
+    return ResultRow(path=path, probabilities={c: float(p) for c, p in zip(classes, probs)},
+                     predicted=classes[int(np.argmax(probs))], ground_truth=ground_truth,
+                     lung_attention=lung_attention,
+                     ood_score=None if getattr(analysis, "ood_score", None) is None else float(analysis.ood_score),
+                     ood_flag=bool(getattr(analysis, "ood_flag", False)))
+
+
+def get_analysis(classifier: Any, model_key: str, image: LoadedImage, caches: Caches) -> Any:
+    key = (image.sha256, model_key)
+    analysis = caches.analyses.get(key)
+    if analysis is None:
+        analysis = caches.analyses.put(key, classifier.analyze(image.radiograph))
+    return analysis
+
+
+def _resize(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.shape != tuple(shape):
+        heatmap = cv2.resize(heatmap, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.clip(heatmap, 0.0, 1.0)
+
+
+def get_heatmap(classifier: Any, model_key: str, image: LoadedImage, analysis: Any, method: str,
+                class_index: int, caches: Caches) -> np.ndarray:
+    key = (image.sha256, model_key, method, class_index)
+    heatmap = caches.heatmaps.get(key)
+    if heatmap is None:
+        shape = display_shape(image.shape)
+        if method == "gradcam":   # already in the analysis' one compiled pass
+            heatmap = _resize(analysis.heatmap(class_index, shape), shape)
+        else:
+            from xrayviewer.model.explain import upsample_cam
+
+            raw = classifier.explain(image.radiograph, method=method, class_index=class_index).raw
+            heatmap = _resize(upsample_cam(raw, shape), shape)
+        caches.heatmaps.put(key, heatmap)
+    return heatmap
+
+
+def get_lungs(segmenter: Any, image: LoadedImage, caches: Caches) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Lung mask at display shape and its outline as polygons in image pixel coordinates."""
+    shape = display_shape(image.shape)
+    key = (image.sha256, shape)
+    hit = caches.lungs.get(key)
+    if hit is None:
+        mask = np.asarray(segmenter.segment(image.radiograph), dtype=bool)
+        if mask.shape != shape:
+            mask = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+        from xrayviewer.model.lungs import outline as mask_outline
+
+        # contour points are pixel indices at the mask's size; +0.5 puts them on pixel centres in image coordinates
+        scale = np.float32([image.shape[1] / shape[1], image.shape[0] / shape[0]])
+        outline = [(poly.astype(np.float32) + 0.5) * scale for poly in mask_outline(mask)]
+        hit = caches.lungs.put(key, (mask, outline))
+    return hit
+
+
+def explain_image(image: LoadedImage, classifier: Any, model_key: str, method: str, class_index: int | None,
+                  caches: Caches, *, segmenter: Any = None, ground_truth: str = "",
+                  cancel: threading.Event | None = None) -> Explained:
+    """Prediction + heatmap (+ lung attention) for the image on screen. Runs in a model worker."""
+    analysis = get_analysis(classifier, model_key, image, caches)
+    check_cancel(cancel)
+    classes = list(classifier.classes)
+    index = int(np.argmax(analysis.probabilities)) if class_index is None else int(class_index)
+    heatmap = get_heatmap(classifier, model_key, image, analysis, method, index, caches)
+    check_cancel(cancel)
+    mask, outline, attention, notes = None, [], None, []
+    if segmenter is not None:
+        try:
+            mask, outline = get_lungs(segmenter, image, caches)
+            from xrayviewer.model.lungs import lung_attention
+
+            attention = float(lung_attention(heatmap, mask))
+        except Exception as exc:  # noqa: BLE001 - the lung model is an extra; the prediction stands without it
+            notes.append(f"Lung fields unavailable: {exc}")
+    row = result_row(image.path, analysis, classes, ground_truth, attention)
+    return Explained(image.path, image.sha256, model_key, method, index, analysis, heatmap, row, mask, outline,
+                     attention, notes)
+
+
+def classify_file(path: str, classifier: Any, model_key: str, caches: Caches, ground_truth: str = "",
+                  cancel: threading.Event | None = None) -> ResultRow:
+    """Badge for one file of the folder (background). Unreadable files give a row with `error`."""
+    check_cancel(cancel)
+    try:
+        image = load_image(path)
+    except RadiographError as exc:
+        return ResultRow(path=path, ground_truth=ground_truth, error=str(exc))
+    check_cancel(cancel)
+    analysis = get_analysis(classifier, model_key, image, caches)
+    return result_row(path, analysis, list(classifier.classes), ground_truth)
+
+
+def scan_folder(folder: str, progress: Callable[[list[str]], None] | None = None,
+                cancel: threading.Event | None = None, chunk: int = 64) -> int:
+    """Stream the radiographs of a folder in chunks of paths (the list fills while the scan goes on)."""
+    from xrayviewer.imaging import iter_radiographs
+
+    batch: list[str] = []
+    count = 0
+    for path in iter_radiographs(folder, recursive=True):
+        check_cancel(cancel)
+        batch.append(str(path))
+        count += 1
+        if len(batch) >= chunk:
+            progress and progress(batch)
+            batch = []
+    if batch and progress:
+        progress(batch)
+    return count
+
+
+def make_thumbnails(paths: list[str], progress: Callable[[tuple], None] | None = None,
+                    cancel: threading.Event | None = None, side: int = THUMB_SIDE) -> int:
+    """Emit (path, uint8 thumbnail | None, error message) per file."""
+    from xrayviewer.imaging import read_radiograph
+
+    for path in paths:
+        check_cancel(cancel)
+        try:
+            pixels = read_radiograph(path).pixels
+            scale = side / max(pixels.shape)
+            size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+            thumb = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+            item = (path, np.ascontiguousarray(np.clip(thumb * 255 + 0.5, 0, 255).astype(np.uint8)), "")
+        except RadiographError as exc:
+            item = (path, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop the strip
+            item = (path, None, f"could not read this file ({type(exc).__name__}: {exc})")
+        progress and progress(item)
+    return len(paths)
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    classifier: Any
+    segmenter: Any = None        # LungSegmenter when models/lungs loads
+    note: str = ""               # why the lung model is not available, when it exists but failed
+
+
+def load_classifier(path: str) -> LoadedModel:
+    """Classifier (+ LungSegmenter when models/lungs exists). Slow (TensorFlow import + weights): worker only."""
+    from xrayviewer.model.classifier import Classifier
+    from xrayviewer.paths import LUNG_MODEL_DIR
+
+    loaded = LoadedModel(path, Classifier.load(path))
+    if (Path(LUNG_MODEL_DIR) / "model.json").is_file():
+        try:
+            from xrayviewer.model.lungs import LungSegmenter
+
+            loaded.segmenter = LungSegmenter.load(LUNG_MODEL_DIR)
+        except Exception as exc:  # noqa: BLE001 - without the lung model the viewer still shows predictions
+            loaded.note = f"lung model not loaded: {exc}"
+    return loaded
