@@ -411,12 +411,13 @@ def build_case_report(radiograph: Radiograph, analysis_or_values: Any, model_inf
 
 def case_report_for_file(path: str | Path, classifier: Any, *, out_pdf: str | Path | None = None,
                          out_png: str | Path | None = None, analysis: Any = None, lungs: Any = None,
-                         class_index: int | None = None) -> list[Path]:
-    """Read, analyse (unless `analysis` is given), segment the lungs (when `lungs`), and write the report."""
+                         class_index: int | None = None, radiograph: Radiograph | None = None) -> list[Path]:
+    """Read (unless `radiograph` is given), analyse (unless `analysis` is given), segment the lungs (when `lungs`),
+    and write the report."""
     from xrayviewer.reports.runs import analyze_file
 
     radiograph, analysis, heatmap, mask, attention = analyze_file(path, classifier, analysis=analysis, lungs=lungs,
-                                                                  class_index=class_index)
+                                                                  class_index=class_index, radiograph=radiograph)
     bundle = classifier.bundle
     ood = getattr(bundle, "ood", None) or {}
     probs = [float(p) for p in np.asarray(analysis.probabilities).ravel()]

@@ -48,14 +48,15 @@ def load_lungs_if_available(path: str | Path | None = None) -> tuple[Any, str]:
 
 
 def analyze_file(path: str | Path, classifier: Any, *, analysis: Any = None, lungs: Any = None,
-                 class_index: int | None = None):
+                 class_index: int | None = None, radiograph: Any = None):
     """(radiograph, analysis, heatmap at image size, lung mask | None, lung attention | None) for one file.
 
-    Reuses `analysis` when the caller has it (the viewer already computed it); raises RadiographError for a file
-    that cannot be read."""
+    Reuses `analysis` and `radiograph` when the caller has them (the viewer or the CLI already did that work);
+    raises RadiographError for a file that cannot be read."""
     from xrayviewer.imaging import read_radiograph
 
-    radiograph = read_radiograph(path)
+    if radiograph is None:
+        radiograph = read_radiograph(path)
     if analysis is None:
         analysis = classifier.analyze(radiograph)
     index = analysis.predicted_index if class_index is None else int(class_index)
