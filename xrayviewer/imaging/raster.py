@@ -59,8 +59,12 @@ def read_raster(fileobj: BinaryIO, sniffed_format: str, max_pixels: int) -> tupl
 def check_pixel_limit(rows: int, cols: int, max_pixels: int) -> None:
     """Refuse images above the limit before allocating them (decompression-bomb guard)."""
     if rows * cols > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {cols}×{rows} ({_megapixels(rows * cols)} MP), above the {_megapixels(max_pixels)} MP limit")
+        raise _too_large(rows, cols, max_pixels)
+
+
+def _too_large(rows: int, cols: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image is {cols}×{rows} ({_megapixels(rows * cols)} MP), above the {_megapixels(max_pixels)} MP limit")
 
 
 def luminance(rgb: np.ndarray, max_value: float) -> np.ndarray:
@@ -87,8 +91,7 @@ def _bomb_error(err: Exception, fileobj: BinaryIO, max_pixels: int) -> ImageTooL
     head = fileobj.read(24)
     if head.startswith(b"\x89PNG") and head[12:16] == b"IHDR":
         width, height = struct.unpack(">II", head[16:24])
-        return ImageTooLargeError(
-            f"image is {width}×{height} ({_megapixels(width * height)} MP), above the {_megapixels(max_pixels)} MP limit")
+        return _too_large(height, width, max_pixels)
     found = re.search(r"\((\d+) pixels\)", str(err))
     size = f"{_megapixels(int(found.group(1)))} MP" if found else "enormous"
     return ImageTooLargeError(f"image is {size}, above the {_megapixels(max_pixels)} MP limit")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, BinaryIO
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -58,35 +59,27 @@ def _read(path: str, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     return pixels, meta
 
 
-class _open_regular_file:
-    """Context manager: (binary file, size) of a non-empty regular file, or a FileAccessError/EmptyFileError.
+@contextmanager
+def _open_regular_file(path: str) -> Iterator[tuple[BinaryIO, int]]:
+    """(binary file, size) of a non-empty regular file, or a FileAccessError/EmptyFileError.
 
     Checks the type before opening: opening a FIFO would block forever, and a folder cannot be read.
     """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.file: BinaryIO | None = None
-
-    def __enter__(self) -> tuple[BinaryIO, int]:
-        info = _stat(self.path)
-        if stat.S_ISDIR(info.st_mode):
-            raise FileAccessError("is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise FileAccessError("not a regular file (a device, pipe or socket)")
-        if info.st_size == 0:
-            raise EmptyFileError("file is empty (0 bytes): an interrupted copy or download?")
-        try:
-            self.file = open(self.path, "rb")
-        except PermissionError as err:
-            raise FileAccessError("permission denied: you are not allowed to read this file") from err
-        except OSError as err:
-            raise FileAccessError(f"cannot open the file: {err.strerror or err}") from err
-        return self.file, info.st_size
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
+    info = _stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise FileAccessError("is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise FileAccessError("not a regular file (a device, pipe or socket)")
+    if info.st_size == 0:
+        raise EmptyFileError("file is empty (0 bytes): an interrupted copy or download?")
+    try:
+        fileobj = open(path, "rb")
+    except PermissionError as err:
+        raise FileAccessError("permission denied: you are not allowed to read this file") from err
+    except OSError as err:
+        raise FileAccessError(f"cannot open the file: {err.strerror or err}") from err
+    with fileobj:
+        yield fileobj, info.st_size
 
 
 def _stat(path: str) -> os.stat_result:

@@ -42,7 +42,8 @@ MAX_IMBALANCE = 3.0  # largest / smallest class above this: warning
 
 def natural_key(name: str) -> tuple:
     """Sort key so that 'img2' comes before 'img10' (case-insensitive, digits compared as numbers)."""
-    parts = tuple((0, int(part)) if part.isdecimal() else (1, part.lower()) for part in re.split(r"(\d+)", name) if part)
+    parts = tuple((0, int(part)) if part.isdecimal() else (1, part.lower())
+                  for part in re.split(r"(\d+)", name) if part)
     return parts, name  # the exact name breaks ties ('a.png' vs 'A.png') so the order is total
 
 
