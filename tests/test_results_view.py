@@ -101,7 +101,10 @@ class FakeWindow(QMainWindow):
         self.opened.append(Path(path))
 
     def select_path(self, path):
+        if Path(path) not in self.paths:
+            return False
         self.selected.append(Path(path))
+        return True
 
     def set_badge(self, path, row):
         self.badges[Path(path)] = row
@@ -139,9 +142,7 @@ def window(qtbot):
 
 @pytest.fixture
 def controller(window) -> ResultsController:
-    ctl = install(window)
-    ctl._lungs_tried = True  # the fake run needs no lung model
-    return ctl
+    return install(window)
 
 
 def _run(qtbot, controller, timeout=60_000):

@@ -410,20 +410,17 @@ def build_case_report(radiograph: Radiograph, analysis_or_values: Any, model_inf
 
 
 def case_report_for_file(path: str | Path, classifier: Any, *, out_pdf: str | Path | None = None,
-                         out_png: str | Path | None = None, analysis: Any = None, lungs: Any = None,
-                         class_index: int | None = None, radiograph: Radiograph | None = None) -> list[Path]:
-    """Read (unless `radiograph` is given), analyse (unless `analysis` is given), segment the lungs (when `lungs`),
-    and write the report."""
+                         out_png: str | Path | None = None, method: str = "Grad-CAM", **known: Any) -> list[Path]:
+    """Read, analyse, segment the lungs (given `lungs=`) and write the report. `known` takes what the caller
+    already has (radiograph, analysis, class_index, heatmap, lung_mask, lung_attention; see reports.runs)."""
     from xrayviewer.reports.runs import analyze_file
 
-    radiograph, analysis, heatmap, mask, attention = analyze_file(path, classifier, analysis=analysis, lungs=lungs,
-                                                                  class_index=class_index, radiograph=radiograph)
-    bundle = classifier.bundle
-    ood = getattr(bundle, "ood", None) or {}
-    probs = [float(p) for p in np.asarray(analysis.probabilities).ravel()]
-    index = int(np.argmax(probs)) if class_index is None else int(class_index)
-    findings = CaseFindings(list(classifier.classes), probs, heatmap=heatmap, heatmap_class=classifier.classes[index],
-                            lung_attention=attention, lung_mask=mask,
-                            ood_score=None if analysis.ood_score is None else float(analysis.ood_score),
-                            ood_flag=bool(analysis.ood_flag), ood_threshold=ood.get("threshold"))
-    return build_case_report(radiograph, findings, ModelInfo.from_bundle(bundle), out_pdf, out_png)
+    case = analyze_file(path, classifier, **known)
+    ood = getattr(classifier.bundle, "ood", None) or {}
+    ood_score = case.analysis.ood_score
+    findings = CaseFindings(list(classifier.classes), [float(p) for p in np.asarray(case.analysis.probabilities)],
+                            heatmap=case.heatmap, heatmap_class=classifier.classes[case.class_index], method=method,
+                            lung_attention=case.lung_attention, lung_mask=case.lung_mask,
+                            ood_score=None if ood_score is None else float(ood_score),
+                            ood_flag=bool(case.analysis.ood_flag), ood_threshold=ood.get("threshold"))
+    return build_case_report(case.radiograph, findings, ModelInfo.from_bundle(classifier.bundle), out_pdf, out_png)

@@ -79,9 +79,10 @@ def export_heatmap(pixels: np.ndarray, heatmap: np.ndarray, out_overlay: str | P
 
 
 def export_heatmap_for_file(path: str | Path, classifier, out_overlay: str | Path, out_raw: str | Path | None = None,
-                            *, analysis=None, class_index: int | None = None, alpha: float = 0.4) -> list[Path]:
-    """Read (and analyse unless `analysis` is given) one image and export its heatmap PNGs."""
+                            *, alpha: float = 0.4, **known) -> list[Path]:
+    """Read and analyse one image (skipping what `known` already holds: radiograph, analysis, class_index,
+    heatmap; see reports.runs) and export its heatmap PNGs at the image's size."""
     from xrayviewer.reports.runs import analyze_file
 
-    radiograph, _, heatmap, _, _ = analyze_file(path, classifier, analysis=analysis, class_index=class_index)
-    return export_heatmap(radiograph.pixels, heatmap, out_overlay, out_raw, alpha=alpha)
+    case = analyze_file(path, classifier, **known)
+    return export_heatmap(case.radiograph.pixels, case.heatmap, out_overlay, out_raw, alpha=alpha)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,12 +48,23 @@ def load_lungs_if_available(path: str | Path | None = None) -> tuple[Any, str]:
         return None, str(err)
 
 
-def analyze_file(path: str | Path, classifier: Any, *, analysis: Any = None, lungs: Any = None,
-                 class_index: int | None = None, radiograph: Any = None):
-    """(radiograph, analysis, heatmap at image size, lung mask | None, lung attention | None) for one file.
+@dataclass
+class FileAnalysis:
+    """One image with what the model says about it, as a report or a heatmap export needs it."""
 
-    Reuses `analysis` and `radiograph` when the caller has them (the viewer or the CLI already did that work);
-    raises RadiographError for a file that cannot be read."""
+    radiograph: Any                 # Radiograph
+    analysis: Any                   # classifier Analysis
+    class_index: int                # the class the heatmap explains
+    heatmap: np.ndarray             # 0..1; the image's size unless the caller passed a display-sized map
+    lung_mask: np.ndarray | None = None
+    lung_attention: float | None = None
+
+
+def analyze_file(path: str | Path, classifier: Any, *, radiograph: Any = None, analysis: Any = None,
+                 class_index: int | None = None, heatmap: np.ndarray | None = None, lungs: Any = None,
+                 lung_mask: np.ndarray | None = None, lung_attention: float | None = None) -> FileAnalysis:
+    """Compute only what the caller does not already have (the viewer passes what is on screen: its analysis,
+    the heatmap of the method and class shown, the lung mask). Raises RadiographError for an unreadable file."""
     from xrayviewer.imaging import read_radiograph
 
     if radiograph is None:
@@ -60,12 +72,13 @@ def analyze_file(path: str | Path, classifier: Any, *, analysis: Any = None, lun
     if analysis is None:
         analysis = classifier.analyze(radiograph)
     index = analysis.predicted_index if class_index is None else int(class_index)
-    heatmap = analysis.heatmap(index, radiograph.shape)
-    mask = attention = None
-    if lungs is not None:
-        from xrayviewer.model.lungs import lung_attention
+    if heatmap is None:
+        heatmap = analysis.heatmap(index, radiograph.shape)
+    if lung_mask is None and lungs is not None:
+        lung_mask = lungs.segment(radiograph)
+    if lung_attention is None and lung_mask is not None:
+        from xrayviewer.model.lungs import lung_attention as attention_share
 
-        mask = lungs.segment(radiograph)
-        value = lung_attention(heatmap, mask)
-        attention = None if np.isnan(value) else float(value)
-    return radiograph, analysis, heatmap, mask, attention
+        value = attention_share(heatmap, lung_mask)
+        lung_attention = None if np.isnan(value) else float(value)
+    return FileAnalysis(radiograph, analysis, index, heatmap, lung_mask, lung_attention)

@@ -15,11 +15,13 @@ from typing import Any, Sequence
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QSortFilterProxyModel, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDockWidget, QDoubleSpinBox, QFileDialog, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QTableView,
-                               QVBoxLayout, QWidget)
+                               QHeaderView, QLabel, QLineEdit, QMenu, QMessageBox, QProgressBar, QPushButton,
+                               QTableView, QVBoxLayout, QWidget)
 
 from xrayviewer.reports.summary import ResultsSummary, summarize_results
 from xrayviewer.results import ResultRow, write_results_csv
+from xrayviewer.ui.jobs import METHODS as EXPLANATION_NAMES
+from xrayviewer.ui.settings import app_settings, read_float
 from xrayviewer.ui.workers import Worker, start_worker
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -376,9 +378,6 @@ class ResultsController(QObject):
         self.export_worker: Worker | None = None
         self.last_message = ""
         self._run_total = 0
-        self._run_classes: list[str] = []
-        self._lungs: Any = None
-        self._lungs_tried = False
 
         self.classify_action = QAction("Classify folder", self)
         self.classify_action.setToolTip("Run the active model over every image of the open folder")
@@ -398,11 +397,9 @@ class ResultsController(QObject):
 
         window.menu("Tools").addAction(self.classify_action)
         window.toolbar.addAction(self.classify_action)
-        export_menu = window.menu("File").addMenu("Export")
-        export_menu.setObjectName("ExportMenu")
+        self.export_menu = _add_export_menu(window.menu("File"))
         for action in (self.export_csv_action, self.case_report_action, self.heatmap_action):
-            export_menu.addAction(action)
-        self.export_menu = export_menu
+            self.export_menu.addAction(action)
         window.menu("View").addAction(self.show_results_action)
 
         self.panel.openRequested.connect(self._open_from_table)
@@ -441,17 +438,9 @@ class ResultsController(QObject):
             box.open()
 
     def _load_threshold(self) -> float:
-        try:
-            from xrayviewer.ui.settings import app_settings, read_float
-        except ImportError:
-            return DEFAULT_LOW_CONFIDENCE
         return min(1.0, max(0.0, read_float(app_settings(), LOW_CONFIDENCE_KEY, DEFAULT_LOW_CONFIDENCE)))
 
     def _save_threshold(self, value: float) -> None:
-        try:
-            from xrayviewer.ui.settings import app_settings
-        except ImportError:
-            return
         app_settings().setValue(LOW_CONFIDENCE_KEY, float(value))
 
     # ----------------------------------------------------------------------------------- classify folder
@@ -466,14 +455,14 @@ class ResultsController(QObject):
         if not paths:
             self._say("Open a folder of radiographs first (File › Open folder…).", problem=True)
             return None
+        from xrayviewer.reports.runs import classify_folder
+
         self._run_total = len(paths)
-        self._run_classes = list(classifier.classes)
         folder = Path(paths[0]).parent.name if len({p.parent for p in paths}) == 1 else "the open folder"
-        self.panel.start_run(self._run_classes, len(paths), folder)
+        self.panel.start_run(classifier.classes, len(paths), folder)
         self.dock.show()
         self.dock.raise_()
-        worker = Worker(_classify_folder_job, classifier, paths, self._shared_lungs(), self._lungs_tried,
-                        tag=("classify-folder", len(paths)))
+        worker = Worker(classify_folder, classifier, paths, lungs=self._lungs(), tag=("classify-folder", len(paths)))
         worker.signals.progress.connect(self._on_run_progress)
         worker.signals.returned.connect(self._on_run_returned)
         worker.signals.aborted.connect(self._on_run_aborted)
@@ -490,22 +479,12 @@ class ResultsController(QObject):
             self.panel.cancel_button.setEnabled(False)
             self.panel.status.setText("Cancelling… (rows so far stay)")
 
-    def _shared_lungs(self) -> Any:
-        """The window's lung segmenter when it has one, else the one this controller loaded on its first run."""
-        service = self.window.model_service
-        for name in ("lungs", "segmenter", "lung_segmenter"):
-            lungs = getattr(service, name, None)
-            if lungs is not None:
-                return lungs
-        return self._lungs
+    def _lungs(self) -> Any:
+        """The window's lung segmenter (loaded with the model), or None: lung attention then stays empty."""
+        return getattr(self.window.model_service, "segmenter", None)
 
     def _on_run_progress(self, event: Any) -> None:
-        if not isinstance(event, dict):
-            return
-        if event.get("kind") == "lungs":
-            self._lungs, self._lungs_tried = event.get("lungs"), True
-            return
-        if event.get("kind") != "row":
+        if not isinstance(event, dict) or event.get("kind") != "row":
             return
         row: ResultRow = event["row"]
         self.panel.add_row(row, event["done"], event["total"])
@@ -535,9 +514,7 @@ class ResultsController(QObject):
         self._finish_run(f"Classify folder stopped after {n} of {self._run_total} images: {exc}", problem=True)
 
     def _open_from_table(self, path: Path) -> None:
-        if path in {Path(p) for p in self.window.folder_paths()}:
-            self.window.select_path(path)
-        else:
+        if not self.window.select_path(path):  # no longer in the open folder: open the file itself
             self.window.open_path(path)
 
     # ----------------------------------------------------------------------------------- exports
@@ -560,7 +537,8 @@ class ResultsController(QObject):
         self.reportWritten.emit([Path(out)])
         return n
 
-    def _current_for_export(self) -> tuple[Path, Any] | None:
+    def _current_for_export(self) -> tuple[Path, dict, str] | None:
+        """(path, what the screen already shows for it, explanation method name), or None after saying why not."""
         path = self.window.current_path()
         if path is None:
             self._say("Select an image first.", problem=True)
@@ -568,7 +546,26 @@ class ResultsController(QObject):
         if self.classifier is None:
             self._say("No model is loaded yet: choose one in the Model menu.", problem=True)
             return None
-        return Path(path), self.window.current_analysis()
+        path = Path(path)
+        explained = getattr(self.window, "current_explained", lambda: None)()
+        if explained is not None and self._is_current(explained, path):
+            # export exactly what is on screen: the method and class the user chose, the lung fields shown
+            known = {"analysis": explained.analysis, "class_index": explained.class_index,
+                     "heatmap": explained.heatmap, "lung_mask": explained.lung_mask,
+                     "lung_attention": explained.lung_attention}
+            return path, known, EXPLANATION_NAMES.get(explained.method, explained.method)
+        analysis = self.window.current_analysis()
+        if analysis is not None and self._from_active_model(analysis) and getattr(analysis, "cams", None) is not None:
+            return path, {"analysis": analysis}, "Grad-CAM"
+        return path, {}, "Grad-CAM"  # the worker computes it
+
+    def _from_active_model(self, analysis: Any) -> bool:
+        return list(getattr(analysis, "classes", [])) == list(self.classifier.classes)
+
+    def _is_current(self, explained: Any, path: Path) -> bool:
+        service_key = getattr(self.window.model_service, "model_key", None)
+        return (Path(explained.path).resolve() == path.resolve() and self._from_active_model(explained.analysis)
+                and (service_key is None or explained.model_key == service_key))
 
     def _ask_case_report(self) -> None:
         current = self._current_for_export()
@@ -587,10 +584,9 @@ class ResultsController(QObject):
             return None
         from xrayviewer.reports.case_report import case_report_for_file
 
-        path, analysis = current
+        path, known, method = current
         return self._start_export(case_report_for_file, path, self.classifier, out_pdf=out_pdf, out_png=out_png,
-                                  analysis=_matching_analysis(analysis, self.classifier),
-                                  lungs=self._shared_lungs(), what="case report")
+                                  method=method, lungs=self._lungs(), what="case report", **known)
 
     def _ask_export_heatmap(self) -> None:
         current = self._current_for_export()
@@ -608,9 +604,9 @@ class ResultsController(QObject):
             return None
         from xrayviewer.reports.heatmap_export import export_heatmap_for_file
 
-        path, analysis = current
+        path, known, _method = current
         return self._start_export(export_heatmap_for_file, path, self.classifier, out_overlay, out_raw,
-                                  analysis=_matching_analysis(analysis, self.classifier), what="heatmap")
+                                  what="heatmap", **known)
 
     def _start_export(self, fn, *args: Any, what: str, **kwargs: Any) -> Worker:
         worker = Worker(fn, *args, tag=what, **kwargs)
@@ -632,24 +628,19 @@ class ResultsController(QObject):
         self.reportWritten.emit([])
 
 
-def _matching_analysis(analysis: Any, classifier: Any) -> Any:
-    """The viewer's analysis only when it came from this model and has maps; otherwise the worker recomputes."""
-    if analysis is None or getattr(analysis, "cams", None) is None:
-        return None
-    if list(getattr(analysis, "classes", [])) != list(classifier.classes):
-        return None
-    return analysis
-
-
-def _classify_folder_job(classifier: Any, paths: list[Path], lungs: Any, lungs_tried: bool, *, progress,
-                         cancel) -> list[ResultRow]:
-    """Worker body: load the lung model once (if the window has none), then classify the folder row by row."""
-    from xrayviewer.reports.runs import classify_folder, load_lungs_if_available
-
-    if lungs is None and not lungs_tried:
-        lungs, _why = load_lungs_if_available()
-        progress({"kind": "lungs", "lungs": lungs})
-    return classify_folder(classifier, paths, lungs=lungs, progress=progress, cancel=cancel)
+def _add_export_menu(file_menu: QMenu) -> QMenu:
+    """File › Export, above the Quit group when the menu ends with one."""
+    export_menu = QMenu("Export", file_menu)
+    export_menu.setObjectName("ExportMenu")
+    actions = file_menu.actions()
+    quit_at = next((i for i, a in enumerate(actions)
+                    if a.menuRole() == QAction.MenuRole.QuitRole or "quit" in a.text().replace("&", "").lower()), None)
+    if quit_at is None:
+        file_menu.addMenu(export_menu)
+    else:
+        before = actions[quit_at - 1] if quit_at > 0 and actions[quit_at - 1].isSeparator() else actions[quit_at]
+        file_menu.insertMenu(before, export_menu)
+    return export_menu
 
 
 def install(window: Any) -> ResultsController:
