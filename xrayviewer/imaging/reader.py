@@ -102,8 +102,10 @@ def _ext_hint(path: str) -> str:
 
 def _finish(pixels: np.ndarray) -> np.ndarray:
     """The Radiograph invariant: float32, 2-D, 0..1, finite, C-contiguous."""
-    out = np.asarray(pixels, dtype=np.float32)
+    out = np.array(pixels, dtype=np.float32, order="C", copy=None)  # the decoders hand over fresh arrays
+    if not out.flags.writeable:
+        out = out.copy()
     if out.ndim != 2:
         raise RadiographError(f"decoded image has shape {out.shape}, expected 2-D")
-    out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.ascontiguousarray(np.clip(out, 0.0, 1.0))
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(out, 0.0, 1.0, out=out)
