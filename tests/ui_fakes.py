@@ -51,12 +51,14 @@ class FakeClassifier:
         self.bundle = FakeBundle(path, classes)
         self.delay = delay
         self.calls = 0
+        self.analyzed: list[str] = []      # radiograph paths, in order
         self.threads: set[str] = set()
         self._lock = threading.Lock()
 
     def analyze(self, radiograph):
         with self._lock:
             self.calls += 1
+            self.analyzed.append(radiograph.path)
             self.threads.add(threading.current_thread().name)
             if self.delay:
                 time.sleep(self.delay)

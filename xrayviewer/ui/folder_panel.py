@@ -159,8 +159,9 @@ class FolderFilter(QSortFilterProxyModel):
         self.setDynamicSortFilter(False)   # re-sorted when asked, not on every badge (rows would jump around)
 
     def set_mode(self, mode: str) -> None:
+        self.beginFilterChange()
         self.mode = mode
-        self.invalidateFilter()
+        self.endFilterChange()
 
     def set_sort(self, key: str) -> None:
         self.sort_key = key
