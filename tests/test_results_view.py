@@ -59,6 +59,14 @@ class FakeClassifier:
     def analyze(self, radiograph):
         return self.analyze_inputs(self.model_input(radiograph)[None], [radiograph.shape])[0]
 
+    def explain(self, radiograph, method="gradcam", class_index=None):
+        from xrayviewer.model.explain import Explanation, upsample_cam
+
+        analysis = self.analyze(radiograph)
+        index = analysis.predicted_index if class_index is None else int(class_index)
+        raw = analysis.cams[index][::-1].copy()  # differs from Grad-CAM, so a test can tell which was exported
+        return Explanation(raw, upsample_cam(raw, radiograph.shape), index, method)
+
 
 class FakeModelService(QObject):
     modelChanged = Signal(object)
@@ -331,3 +339,84 @@ def test_table_fills_from_a_real_folder(qtbot, window, controller, tmp_path, sha
         assert r.ground_truth == (folder if folder in CLASSES else "")
         assert r.correct == (r.predicted == r.ground_truth if r.ground_truth else None)
     assert "Accuracy" in controller.panel.summary.text()
+
+
+# ------------------------------------------------------------------------------------------- the real window
+
+@pytest.fixture
+def real_window(qtbot, tmp_path, monkeypatch):
+    from xrayviewer.ui.main_window import MainWindow
+
+    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+
+
+def _open_folder(qtbot, win, paths: list[Path], classifier) -> None:
+    win.model_service.set_classifier(classifier)
+    win.open_path(paths[0].parent.parent)
+    qtbot.waitUntil(lambda: len(win.folder_paths()) == len(paths), timeout=20_000)
+
+
+def test_real_window_classify_folder_badges_table_and_double_click(qtbot, real_window, synthetic_folder,
+                                                                   artifacts_dir):
+    win = real_window
+    controller = win.results_controller
+    assert "xrayviewer.ui.results_view" in win.extensions
+    file_actions = win.menu("File").actions()
+    export_at = file_actions.index(controller.export_menu.menuAction())
+    quit_at = next(i for i, a in enumerate(file_actions) if "quit" in a.text().replace("&", "").lower())
+    assert export_at < quit_at  # Export sits above Quit
+    assert controller.classify_action in win.toolbar.actions() and win.menu("Tools").menuAction().isVisible()
+
+    _open_folder(qtbot, win, synthetic_folder, FakeClassifier())
+    with qtbot.waitSignal(controller.runFinished, timeout=60_000) as blocker:
+        controller.classify_action.trigger()
+    rows = blocker.args[0]
+    assert len(rows) == len(synthetic_folder)
+    items = {Path(it.path).name: it for it in win.folder_panel.model.items}
+    assert items["covid_looks_normal.png"].row.predicted == "normal" and items["covid_looks_normal.png"].mismatch
+    assert items["pneumonia_broken.png"].row.error
+    assert controller.dock.isVisible() and controller.panel.summary.isVisible()
+    win.grab().save(str(artifacts_dir / "results-window.png"))
+
+    panel = controller.panel
+    panel.mismatches.setChecked(True)
+    panel.table.doubleClicked.emit(panel.proxy.index(0, 0))
+    qtbot.waitUntil(lambda: win.current_path() is not None
+                    and win.current_path().name == "covid_looks_normal.png", timeout=10_000)
+
+
+def test_real_window_exports_what_is_on_screen(qtbot, real_window, synthetic_folder, tmp_path):
+    win = real_window
+    controller = win.results_controller
+    _open_folder(qtbot, win, synthetic_folder, FakeClassifier())
+    target = next(p for p in synthetic_folder if p.name == "covid_0.png")
+    win.select_path(target)
+    qtbot.waitUntil(lambda: win.current_explained() is not None
+                    and Path(win.current_explained().path) == target.resolve(), timeout=20_000)
+    # a method other than Grad-CAM on screen: the export must carry that map, not recompute Grad-CAM
+    win._set_method("gradcam++")
+    qtbot.waitUntil(lambda: win.current_explained() is not None and win.current_explained().method == "gradcam++",
+                    timeout=20_000)
+    shown = win.current_explained().heatmap
+    with qtbot.waitSignal(controller.reportWritten, timeout=60_000) as blocker:
+        controller.export_heatmap(tmp_path / "on-screen.png")
+    _overlay, raw = blocker.args[0]
+    exported = read_heatmap_png16(raw)
+    assert exported.shape == (60, 50)
+    expected = cv2.resize(shown, (50, 60), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(exported - np.clip(expected, 0, 1)).max() <= 1 / 65535 + 1e-6
+    with qtbot.waitSignal(controller.reportWritten, timeout=60_000) as blocker:
+        controller.case_report(tmp_path / "r.pdf")
+    (pdf,) = blocker.args[0]
+    if shutil.which("pdftotext"):
+        import subprocess
+
+        text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
+        assert "Grad-CAM++" in text and "covid_0.png" in text
