@@ -49,7 +49,7 @@ class TrainingConfig:
     val_fraction: float = 0.2
     seed: int = 42
     split_by: str = "auto"                 # patient ids from: auto (what the dataset has) | manifest | pattern | file
-    patient_pattern: str | None = None     # regex on the file name; group "patient" or 1 (or the whole match)
+    patient_pattern: str | None = None     # regex matched at the start of the file name; the match is the patient
     class_weights: bool = False            # weight classes by inverse frequency
     early_stopping: bool = True            # stop when validation loss stops improving; keep the best epoch
     patience: int = 5
@@ -101,21 +101,16 @@ def patient_groups(dataset, config: TrainingConfig) -> tuple[list[str], str]:
                             "patient_id column")
     if by == "file":
         return [f"file:{item.path}" for item in items], "file"
-    if by == "pattern" and config.patient_pattern:
-        regex = re.compile(config.patient_pattern)
+    if by == "pattern":
+        from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN
+
+        regex = re.compile(config.patient_pattern or DEFAULT_PATIENT_PATTERN, re.IGNORECASE)
         groups = []
-        for item in items:
-            found = regex.search(Path(item.path).name)
-            if found is None:
-                groups.append(f"file:{item.path}")
-                continue
-            named = found.groupdict().get("patient")
-            groups.append("pattern:" + (named or (found.group(1) if found.groups() else found.group(0))))
+        for item in items:   # same rule as discover_dataset: the whole match at the start of the name is the id
+            found = regex.match(Path(item.path).stem)
+            groups.append(f"pattern:{found.group(0).lower()}" if found and found.group(0) else f"file:{item.path}")
         return groups, "pattern"
-    groups = [f"{origin}:{item.patient_id}" if item.patient_id else f"file:{item.path}" for item in items]
-    if by == "pattern" and origin != "pattern":
-        raise TrainingError("split by file-name pattern was asked for, but no pattern was given")
-    return groups, origin
+    return [f"{origin}:{item.patient_id}" if item.patient_id else f"file:{item.path}" for item in items], origin
 
 
 def split_by_patient(labels: np.ndarray, groups: list[str], val_fraction: float, seed: int
@@ -201,13 +196,19 @@ class TrainingResult:
                                                     "nll": self.metrics_uncalibrated["nll"]}},
         }
 
-    def save(self, dest_dir: str | Path, name: str | None = None,
-             extra_files: dict[str, Any] | None = None) -> Path:
-        """Write the bundle atomically (model.json, head weights, plot.png and figure PNGs, ood.npz)."""
+    def save(self, dest_dir: str | Path, name: str | None = None, *, extra_files: dict[str, Any] | None = None,
+             extra_meta: dict[str, dict[str, Any]] | None = None) -> Path:
+        """Write the bundle atomically (model.json, head weights, plot.png and figure PNGs, ood.npz).
+
+        `extra_meta` adds keys inside model.json sections, e.g. {"metrics": {"per_source": ...}}.
+        """
+        from xrayviewer.model.backbone import BASES
         from xrayviewer.model.bundle import save_bundle
         from xrayviewer.training.metrics import figure_png
 
         meta = self.meta(name)
+        for section, values in (extra_meta or {}).items():
+            meta.setdefault(section, {}).update(values)
         extras: dict[str, Any] = {fname: figure_png(fig) for fname, fig in self.figures().items()}
         with tempfile.TemporaryDirectory() as tmp:
             if self.ood is not None:
@@ -215,7 +216,9 @@ class TrainingResult:
                 meta["ood"] = _save_ood(self.ood, ood_file)
                 extras["ood.npz"] = ood_file
             extras.update(extra_files or {})
-            return save_bundle(dest_dir, meta, self.model, head_only=True, extra_files=extras)
+            # A randomly initialised base cannot be rebuilt from a package: such bundles carry all weights.
+            head_only = BASES[self.config.base_id].weights != "random"
+            return save_bundle(dest_dir, meta, self.model, head_only=head_only, extra_files=extras)
 
 
 def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -227,13 +230,8 @@ def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save_ood(stats, path: Path) -> dict[str, Any]:
-    """Write OOD statistics to `path`; return the model.json["ood"] entry (sha256 is filled by save_bundle)."""
-    stats.save(path)
-    entry = {"method": getattr(stats, "method", "ood"), "file": path.name}
-    threshold = getattr(stats, "threshold", None)
-    if threshold is not None:
-        entry["threshold"] = float(threshold)
-    return entry
+    """Write OOD statistics to `path`; return the model.json["ood"] entry (save_bundle re-checks its sha256)."""
+    return stats.save(path)
 
 
 # ------------------------------------------------------------------------------------------------------------- job
@@ -260,6 +258,8 @@ class FineTuneJob:
             root = Path(self.dataset_arg)
             if not root.is_dir():
                 raise TrainingError(f"{root} is not a folder (expected one sub-folder per class)")
+            if self.config.patient_pattern:
+                return discover_dataset(root, patient_pattern=self.config.patient_pattern)
             return discover_dataset(root)
         return self.dataset_arg
 
@@ -366,7 +366,7 @@ class FineTuneJob:
         except ImportError:
             emit(kind="log", text="out-of-distribution statistics not available in this version")
         else:
-            ood = fit_ood(train_features[:, 0, :])
+            ood = fit_ood(train_features[:, 0, :], groups=[groups[i] for i in train_idx], seed=cfg.seed)
         if cancel is not None and cancel.is_set():
             return None
 
@@ -375,6 +375,10 @@ class FineTuneJob:
 
         model = build_classifier(cfg.base_id, len(classes), cfg.head, cfg.input_size)
         copy_head_weights(head_model, model)
+        if extractor.random_base:   # the head was trained on this very base instance's features
+            for layer in extractor.base_model().layers:
+                if layer.weights and layer.name != "head_pool":
+                    model.get_layer(layer.name).set_weights(layer.get_weights())
         if cancel is not None and cancel.is_set():
             return None
 

@@ -93,6 +93,7 @@ class _PooledBase:
         inputs, base_out, _spec = build_base(base_id, input_size)
         pool = keras.layers.GlobalMaxPooling2D if pooling == "max" else keras.layers.GlobalAveragePooling2D
         model = keras.Model(inputs, pool(name="head_pool")(base_out), name="pooled_base")
+        self.model = model
         rows, cols = input_size
         self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                                input_signature=[tf.TensorSpec((EXTRACT_BATCH, rows, cols, 3), tf.float32)])
@@ -132,7 +133,7 @@ class FeatureExtractor:
                  pooling: str = "avg", preprocessing: str = PREPROCESSING_ID,
                  augmentation: Augmentation | None = None, cache_root: Path | str | None = None,
                  use_disk_cache: bool = True):
-        from xrayviewer.model.backbone import DEFAULT_BASE_ID
+        from xrayviewer.model.backbone import BASES, DEFAULT_BASE_ID
         from xrayviewer.paths import cache_dir
 
         self.base_id = base_id or DEFAULT_BASE_ID
@@ -141,7 +142,10 @@ class FeatureExtractor:
         self.preprocessing = preprocessing
         self.augmentation = augmentation or Augmentation()
         self.cache_root = Path(cache_root) if cache_root else cache_dir() / "features"
-        self.use_disk_cache = use_disk_cache
+        # A randomly initialised base differs in every process: its features may only live in memory, next to
+        # the one base instance (kept per process) that made them.
+        self.random_base = BASES[self.base_id].weights == "random" if self.base_id in BASES else False
+        self.use_disk_cache = use_disk_cache and not self.random_base
         self.base_batches = 0        # batches actually run through the base (0 when everything was cached)
         self.cache_hits = 0
 
@@ -190,6 +194,10 @@ class FeatureExtractor:
             os.replace(tmp, self._disk_path(sha, variant))
         except OSError:
             pass  # a read-only or full cache only costs speed next time
+
+    def base_model(self):
+        """The keras model (base + pooling) these features come from."""
+        return _pooled_base(self.base_id, self.input_size, self.pooling).model
 
     def model_input(self, pixels: np.ndarray, sha: str, variant: int) -> np.ndarray:
         """Preprocessed network input of one variant (variant 0 = the image as it is)."""

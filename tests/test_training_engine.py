@@ -1,0 +1,224 @@
+"""The training engine end to end: synthetic twin (always runs) and a small real subset from ../shared.
+
+Synthetic: bright disc vs dark disc on noise, two images per patient, so the patient-disjoint split is real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from xrayviewer.training.engine import FineTuneJob, TrainingConfig, TrainingError, patient_groups, split_by_patient
+from xrayviewer.training.features import Augmentation, FeatureExtractor, clear_memory_cache
+
+METRIC_KEYS = {"n", "classes", "accuracy", "balanced_accuracy", "confusion_matrix", "per_class", "macro_auc", "roc",
+               "ece", "reliability", "nll"}
+
+
+def write_disc_dataset(root: Path, patients_per_class: int = 6, images_per_patient: int = 2, size: int = 96) -> Path:
+    rng = np.random.default_rng(7)
+    patient = 0
+    for label, disc in (("bright", 0.95), ("dark", 0.02)):
+        (root / label).mkdir(parents=True)
+        for _ in range(patients_per_class):
+            patient += 1
+            for k in range(images_per_patient):
+                img = np.clip(rng.normal(0.35, 0.08, (size, size)), 0, 1)
+                centre = tuple(int(v) for v in rng.integers(size // 3, 2 * size // 3, 2))
+                cv2.circle(img, centre, int(rng.integers(size // 6, size // 4)), disc, -1)
+                cv2.imwrite(str(root / label / f"syn_p{patient:02d}_{k}.png"), (img * 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def disc_dataset(tmp_path_factory) -> Path:
+    return write_disc_dataset(tmp_path_factory.mktemp("discs") / "data")
+
+
+SYNTH_CONFIG = dict(epochs=6, batch_size=8, val_fraction=0.25, variants=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(disc_dataset):
+    events: list[dict] = []
+    job = FineTuneJob(disc_dataset, TrainingConfig(**SYNTH_CONFIG))
+    result = job.run(progress=events.append, cancel=threading.Event())
+    return job, result, events
+
+
+def test_synthetic_training_reaches_sane_metrics_and_reports_progress(trained):
+    job, result, events = trained
+    assert result is not None
+    assert result.classes == ["bright", "dark"]
+    assert METRIC_KEYS <= set(result.metrics)
+    assert result.metrics["accuracy"] >= 0.75                 # a disc's brightness is easy
+    assert result.history["accuracy"][-1] > 0.5
+    assert result.patient_id_origin == "pattern"
+    kinds = {e["kind"] for e in events}
+    assert {"stage", "log", "features", "batch", "epoch", "done"} <= kinds
+    epoch = [e for e in events if e["kind"] == "epoch"][-1]
+    assert {"epoch", "epochs", "loss", "acc", "val_loss", "val_accuracy", "seconds", "eta_seconds"} <= set(epoch)
+    batch = next(e for e in events if e["kind"] == "batch")
+    assert {"epoch", "batch", "batches", "loss", "acc"} <= set(batch) and batch["epoch"] == 1
+    assert any("patient ids from" in e["text"] for e in events if e["kind"] == "log")
+    assert result.temperature > 0
+
+
+def test_split_is_patient_disjoint(trained):
+    _job, result, _events = trained
+    val_patients = set(result.validation["patients"])
+    assert result.split["validation"]["patients"] == len(val_patients)
+    assert result.split["train"]["patients"] + len(val_patients) == 12
+
+
+def test_saved_bundle_predicts_what_the_engine_measured(trained, tmp_path):
+    """Standardisation folded into the head + transplant into the flat classifier = the same logits."""
+    import tensorflow as tf
+
+    from xrayviewer.imaging import read_radiograph, to_model_input
+    from xrayviewer.model.bundle import load_bundle
+
+    _job, result, _events = trained
+    path = result.save(tmp_path / "models" / "discs", name="discs")
+    bundle = load_bundle(path)
+    assert bundle.classes == ["bright", "dark"] and bundle.temperature == pytest.approx(result.temperature)
+    training = bundle.meta["training"]
+    assert training["data_fingerprint"] == result.data_fingerprint and training["hyperparameters"]["epochs"] == 6
+    assert training["split"]["validation"]["files"] == len(result.validation["paths"])
+    assert bundle.meta["metrics"]["validation"]["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    for png in ("plot.png", "confusion.png", "roc.png", "reliability.png"):
+        assert (path / png).read_bytes()[:4] == b"\x89PNG"
+    model = bundle.build_keras_model()
+    x = np.stack([to_model_input(read_radiograph(p)) for p in result.validation["paths"]])
+    probs = np.asarray(tf.function(lambda a: model(a, training=False))(tf.constant(x)))
+    expected = tf.nn.softmax(np.asarray(result.validation["logits"], np.float32)).numpy()
+    np.testing.assert_allclose(probs, expected, atol=2e-4)
+
+
+def test_feature_cache_hit_on_second_run_without_calling_the_base(disc_dataset, trained):
+    _job, first, _events = trained
+    clear_memory_cache()                                     # prove the disk cache, not just memory
+    extractor = FeatureExtractor(augmentation=Augmentation())
+    result = FineTuneJob(disc_dataset, TrainingConfig(**SYNTH_CONFIG), extractor=extractor).run()
+    assert extractor.base_batches == 0
+    assert extractor.cache_hits == first.split["train"]["files"] * 2 + first.split["validation"]["files"]
+    assert any(extractor.cache_folder.glob("*_v1.npy"))
+
+
+def test_augmentation_variants_are_seeded_and_differ_from_the_original():
+    aug = Augmentation()
+    img = np.zeros((64, 64), np.float32)
+    img[10:30, 20:40] = 1.0
+    a, b = aug.apply(img, 1), aug.apply(img, 1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, img) and not np.array_equal(a, aug.apply(img, 2))
+    assert Augmentation(horizontal_flip=True).key() != aug.key()
+
+
+def test_cancel_mid_epoch_returns_none_quickly_and_writes_nothing(disc_dataset, tmp_path):
+    cancel = threading.Event()
+    marks: dict[str, float] = {}
+
+    def progress(event):
+        if event["kind"] == "batch" and event["epoch"] == 2 and "set" not in marks:
+            marks["set"] = time.perf_counter()
+            cancel.set()
+
+    models = tmp_path / "models"
+    models.mkdir()
+    job = FineTuneJob(disc_dataset, TrainingConfig(**{**SYNTH_CONFIG, "epochs": 50}))
+    result = job.run(progress=progress, cancel=cancel)
+    assert result is None
+    assert time.perf_counter() - marks["set"] < 1.0
+    assert list(models.iterdir()) == []
+
+
+def test_cancel_before_features_returns_none(disc_dataset):
+    cancel = threading.Event()
+    cancel.set()
+    assert FineTuneJob(disc_dataset, TrainingConfig(**SYNTH_CONFIG)).run(cancel=cancel) is None
+
+
+def test_crash_during_save_leaves_the_previous_bundle_intact(trained, tmp_path, monkeypatch):
+    from xrayviewer.model import bundle as bundle_module
+
+    _job, result, _events = trained
+    dest = tmp_path / "models" / "mine"
+    result.save(dest, name="first")
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bundle_module, "_write_extra", crash)
+    with pytest.raises(OSError):
+        result.save(dest, name="second")
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert bundle_module.load_bundle(dest).name == "first"
+    assert [p.name for p in dest.parent.iterdir()] == ["mine"]      # no temp folder left behind
+
+
+def test_finetune_last_block_is_refused_with_a_message(disc_dataset):
+    with pytest.raises(TrainingError, match="last conv block"):
+        FineTuneJob(disc_dataset, TrainingConfig(finetune_last_block=True)).run()
+
+
+def test_split_by_file_and_by_pattern(disc_dataset):
+    from xrayviewer.imaging import discover_dataset
+
+    dataset = discover_dataset(disc_dataset)
+    groups, origin = patient_groups(dataset, TrainingConfig(split_by="file"))
+    assert origin == "file" and len(set(groups)) == 24
+    groups, origin = patient_groups(dataset, TrainingConfig(split_by="pattern", patient_pattern=r"syn_p\d+"))
+    assert origin == "pattern" and len(set(groups)) == 12
+    with pytest.raises(TrainingError, match="manifest"):
+        patient_groups(dataset, TrainingConfig(split_by="manifest"))
+
+
+# ------------------------------------------------------------------------------------------------ real radiographs
+
+@pytest.fixture(scope="module")
+def real_dataset(shared_data):
+    from xrayviewer.imaging import discover_dataset
+
+    dataset = discover_dataset(shared_data / "cxr")
+    classes = ["covid", "normal", "pneumonia"]
+    return dataclasses.replace(dataset, classes=classes, items=[i for i in dataset.items if i.label in classes],
+                               problems=[p for p in dataset.problems if p.severity == "warning"])
+
+
+def test_real_split_is_patient_disjoint_and_stratified(real_dataset):
+    groups, origin = patient_groups(real_dataset, TrainingConfig())
+    assert origin == "manifest"
+    labels = np.array([real_dataset.classes.index(i.label) for i in real_dataset.items])
+    train, val = split_by_patient(labels, groups, 0.2, 42)
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert 0.15 < len(val) / len(labels) < 0.25
+    for k in range(3):
+        assert 0.1 < (labels[val] == k).sum() / (labels == k).sum() < 0.3
+    again = split_by_patient(labels, groups, 0.2, 42)
+    np.testing.assert_array_equal(again[1], val)
+
+
+@pytest.mark.shared
+def test_engine_on_a_small_real_subset(real_dataset):
+    picked, seen = [], {}
+    for item in real_dataset.items:                 # 8 images per class, one per patient
+        if seen.get(item.label, 0) < 8 and item.patient_id not in {i.patient_id for i in picked}:
+            picked.append(item)
+            seen[item.label] = seen.get(item.label, 0) + 1
+    subset = dataclasses.replace(real_dataset, items=picked)
+    result = FineTuneJob(subset, TrainingConfig(epochs=3, variants=1, val_fraction=0.25, seed=1)).run()
+    assert result is not None
+    assert result.classes == ["covid", "normal", "pneumonia"]
+    assert METRIC_KEYS <= set(result.metrics)
+    assert result.history["accuracy"][-1] > 1 / 3 + 0.1      # above chance on its training data
+    assert set(result.validation["sources"]) <= {"hms", "ieee8023", "nih", "kermany", "jsrt", "nihdcm"}
+    assert json.dumps(result.meta())                            # model.json content is JSON
