@@ -95,3 +95,53 @@ def test_report_writes_one_page_pdf_and_png(tmp_path, image, small_bundle, artif
                        check=True, timeout=60)
     proc = _cli(str(image), "--model", str(small_bundle), "--png", str(png), "--no-lungs", "--class", "tumour")
     assert proc.returncode == 2 and "no class 'tumour'" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- real model, in process
+
+@pytest.fixture(scope="module")
+def small_classifier(small_bundle):
+    from xrayviewer.model.classifier import Classifier
+
+    return Classifier.load(small_bundle)
+
+
+def test_classify_folder_with_a_real_model_on_real_images(small_classifier, shared_data, cxr_manifest, tmp_path):
+    from xrayviewer.reports.runs import classify_folder
+    from xrayviewer.reports.summary import summarize_results
+
+    picked = [r for r in cxr_manifest if r["format"] == "DICOM"][:1]
+    for label in ("covid", "normal", "pneumonia", "other"):
+        picked += [r for r in cxr_manifest if r["label"] == label and r["format"] != "DICOM"][:2]
+    paths = []
+    for r in picked:
+        target = tmp_path / r["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_data / "cxr" / r["path"], target)
+        paths.append(target)
+    broken = tmp_path / "normal" / "zz_truncated.png"
+    broken.write_bytes((shared_data / "cxr" / picked[1]["path"]).read_bytes()[:300])
+    paths.append(broken)
+    events = []
+    rows = classify_folder(small_classifier, paths, progress=events.append)
+    assert [r.path for r in rows] == [str(p) for p in paths]
+    assert [e["done"] for e in events] == list(range(1, len(paths) + 1))
+    assert rows[-1].error and all(not r.error for r in rows[:-1])
+    for r in rows[:-1]:
+        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+        folder = Path(r.path).parent.name
+        assert r.ground_truth == (folder if folder in CLASSES else "")
+    summary = summarize_results(rows, CLASSES)
+    assert summary.n_scored == len(paths) - 1 - 2  # the unreadable file and the two "other" images are not scored
+
+
+def test_case_report_for_the_real_dicom(small_classifier, shared_data, cxr_manifest, tmp_path, artifacts_dir):
+    from xrayviewer.reports.case_report import case_report_for_file
+
+    dicom = next(shared_data / "cxr" / r["path"] for r in cxr_manifest if r["format"] == "DICOM")
+    pdf, png = case_report_for_file(dicom, small_classifier, out_pdf=tmp_path / "d.pdf",
+                                    out_png=artifacts_dir / "case-report-dicom.png")
+    assert len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf.read_bytes())) == 1
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
+        assert "DICOM" in text and "Modality" in text and "1024 × 1024 px" in text

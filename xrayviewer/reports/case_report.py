@@ -166,7 +166,9 @@ def file_metadata_lines(radiograph: Radiograph) -> list[tuple[str, str]]:
         lines.append(("Window", f"center {meta['window_center']}, width {meta['window_width']}"))
     dicom = meta.get("dicom") or {}
     if dicom:
-        lines.append(("DICOM", "; ".join(f"{k}: {v}" for k, v in dicom.items() if v not in (None, ""))))
+        # what a reader scans for first; the long machine identifiers (UIDs) last
+        tags = sorted(((k, v) for k, v in dicom.items() if v not in (None, "")), key=lambda kv: "UID" in kv[0])
+        lines.append(("DICOM", "; ".join(f"{k}: {v}" for k, v in tags)))
     for note in meta.get("notes") or []:
         lines.append(("Note", str(note)))
     return lines
@@ -320,7 +322,7 @@ def case_report_figure(radiograph: Radiograph, findings_or_analysis: Any, model_
     card = info.card_path
     model_items.append(("Model card", card if card else "no MODEL_CARD.md in the bundle"))
     file_items = file_metadata_lines(radiograph)
-    line_h, text_w = 0.0165, 100
+    line_h, text_w = 0.0165, 95
     blocks_h = (_block_height(model_items, text_w, line_h) + 0.012 + _block_height(file_items, text_w, line_h))
     footer_top, gap_below_images = 0.06, 0.075
 
