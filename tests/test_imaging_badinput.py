@@ -90,3 +90,34 @@ def test_random_bytes_with_an_image_extension(tmp_path):
     path.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes().replace(b"BM", b"bm"))
     with pytest.raises(RadiographError, match="not an image"):
         read_radiograph(path)
+
+
+def test_mutated_files_raise_only_radiograph_errors(tmp_path):
+    """Truncations and byte flips of valid PNG/JPEG/BMP/TIFF/DICOM files: an image or a RadiographError, nothing else."""
+    import warnings
+
+    from badinputs import encode, to_u8, write_dicom
+
+    chest = synthetic_chest(40, 30)
+    seeds = {fmt.lower(): encode(chest, fmt) for fmt in ("PNG", "JPEG", "BMP", "TIFF")}
+    seeds["dcm"] = write_dicom(tmp_path / "seed.dcm", (chest * 4000).astype(np.uint16), BitsStored=12,
+                               WindowCenter=2000, WindowWidth=4000).read_bytes()
+    seeds["bare"] = write_dicom(tmp_path / "seed", to_u8(chest), preamble=False).read_bytes()
+    rng = np.random.default_rng(7)
+    for attempt in range(300):
+        suffix = list(seeds)[attempt % len(seeds)]
+        data = bytearray(seeds[suffix])
+        if attempt % 2:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 10))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        path = tmp_path / f"mutant{attempt}.{suffix}"
+        path.write_bytes(bytes(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about corrupt EXIF on the way to an error
+            try:
+                rg = read_radiograph(path)
+            except RadiographError:
+                continue
+        assert rg.pixels.ndim == 2 and rg.pixels.dtype == np.float32

@@ -16,7 +16,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, g
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from xrayviewer.imaging.display import window_level
-from xrayviewer.imaging.errors import DicomError, TruncatedImageError, UnsupportedImageError
+from xrayviewer.imaging.errors import DicomError, RadiographError, TruncatedImageError, UnsupportedImageError
 from xrayviewer.imaging.raster import check_pixel_limit, luminance
 
 # Tags a viewer shows beside the image; stored as strings in meta["dicom"] when present and non-empty.
@@ -34,10 +34,19 @@ _PIXEL_DATA_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 def read_dicom(fileobj: BinaryIO, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode an open DICOM file (with or without the 128-byte preamble)."""
     ds = _parse(fileobj)
+    try:
+        return _read_dataset(ds, max_pixels)
+    except RadiographError:
+        raise
+    except Exception as err:  # pydicom parses elements lazily: a damaged one fails only when first used
+        raise DicomError(f"DICOM header is damaged ({type(err).__name__}: {err})") from err
+
+
+def _read_dataset(ds: Dataset, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     notes: list[str] = []
     meta: dict[str, Any] = {"format": "DICOM", "dicom": viewer_tags(ds), "notes": notes}
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
-        raise DicomError(f"DICOM has no pixel data: it is {_what_it_is(ds)}, not an image")
+        raise DicomError(_no_pixel_data_message(ds))
     rows, cols = _dimensions(ds)
     check_pixel_limit(rows, cols, max_pixels)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -94,6 +103,14 @@ def _parse(fileobj: BinaryIO) -> Dataset:
         raise TruncatedImageError("DICOM file is truncated: it ends in the middle of its header") from err
     except Exception as err:  # pydicom raises assorted errors on garbage headers
         raise DicomError(f"DICOM header is damaged ({type(err).__name__}: {err})") from err
+
+
+def _no_pixel_data_message(ds: Dataset) -> str:
+    """An image object without pixels was cut off before its pixel data; anything else is not an image."""
+    sop_class = ds.get("SOPClassUID")
+    if "Rows" in ds or "Image Storage" in getattr(sop_class, "name", ""):
+        return "DICOM has no pixel data although its header describes an image: the file is probably truncated"
+    return f"DICOM has no pixel data: it is {_what_it_is(ds)}, not an image"
 
 
 def _what_it_is(ds: Dataset) -> str:

@@ -21,6 +21,9 @@ from xrayviewer.imaging.errors import CorruptImageError, ImageTooLargeError, Tru
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _EXIF_ORIENTATION_TAG = 0x0112
 _STORED_BIT_DEPTHS = (8, 10, 12, 14, 16)
+# What Pillow's plugins raise on damaged data (TypeError: a TIFF without dimensions; KeyError/IndexError: bad tags).
+_PILLOW_DECODE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, zlib.error,
+                         struct.error)
 _COLOUR_NOTE_THRESHOLD = 8 / 255  # channels differing more than this somewhere: the image really has colour
 
 _PHOTOMETRIC = {
@@ -45,14 +48,14 @@ def read_raster(fileobj: BinaryIO, sniffed_format: str, max_pixels: int) -> tupl
         "bit_depth": _bit_depth(image.mode),
         "notes": notes,
     }
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        notes.append(f"multi-page file: first of {frames} pages shown")
     try:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            notes.append(f"multi-page file: first of {frames} pages shown")
         image.load()
         image = _apply_exif_orientation(image, notes)
         pixels = _to_gray01(image, notes)
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error) as err:
+    except _PILLOW_DECODE_ERRORS as err:
         raise _decode_error(err, meta["format"]) from err
     return pixels, meta
 
@@ -82,7 +85,7 @@ def _open_lazily(fileobj: BinaryIO, sniffed_format: str, max_pixels: int) -> Ima
     except UnidentifiedImageError as err:
         raise CorruptImageError(
             f"file is damaged or truncated: it starts like a {sniffed_format} but its header cannot be read") from err
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+    except _PILLOW_DECODE_ERRORS as err:
         raise _decode_error(err, sniffed_format) from err
 
 
