@@ -121,3 +121,37 @@ def test_mutated_files_raise_only_radiograph_errors(tmp_path):
             except RadiographError:
                 continue
         assert rg.pixels.ndim == 2 and rg.pixels.dtype == np.float32
+
+
+def test_missing_dicom_decoder_is_named(tmp_path, monkeypatch):
+    """A compression whose decoder package is not installed: the message names the package to install."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from badinputs import dicom_dataset
+    from xrayviewer.imaging import DicomError, dicom
+
+    class UnavailableDecoder:
+        is_available = False
+        missing_dependencies = ["pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-openjpeg>=2.0"]
+
+    from pydicom.encaps import encapsulate
+
+    ds = dicom_dataset(np.zeros((16, 16), np.uint8))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless  # never decoded: the decoder lookup is replaced below
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "j2k.dcm", enforce_file_format=True)
+    monkeypatch.setattr(dicom, "get_decoder", lambda uid: UnavailableDecoder())
+    with pytest.raises(DicomError, match="install a decoder.*pylibjpeg-openjpeg") as caught:
+        read_radiograph(tmp_path / "j2k.dcm")
+    assert "JPEG 2000" in str(caught.value)
+
+
+def test_importing_imaging_loads_no_qt_tensorflow_or_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, xrayviewer.imaging; "
+            "print(sorted(m for m in ('PySide6', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
