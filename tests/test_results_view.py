@@ -142,7 +142,8 @@ def synthetic_folder(tmp_path) -> list[Path]:
 
 
 @pytest.fixture
-def window(qtbot):
+def window(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))  # the threshold setting stays here
     win = FakeWindow(FakeClassifier())
     qtbot.addWidget(win)
     return win
@@ -220,6 +221,10 @@ def test_filters_mismatch_low_confidence_errors_and_text(qtbot, window, controll
     panel.mismatches.setChecked(False)
     panel.text_filter.setText("")
     assert len(names()) == len(synthetic_folder)
+    # the threshold is a setting: the next window starts with it
+    second = FakeWindow(FakeClassifier())
+    qtbot.addWidget(second)
+    assert install(second).panel.threshold.value() == pytest.approx(0.9)
 
 
 def test_sorting_is_numeric_and_double_click_selects_in_viewer(qtbot, window, controller, synthetic_folder):
