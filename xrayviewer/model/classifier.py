@@ -150,10 +150,11 @@ class Classifier:
     def _batch(self, radiographs: Sequence[Radiograph]) -> np.ndarray:
         return to_model_batch(radiographs, self.input_size, self.bundle.preprocessing)
 
-    def _ood_scores(self, features: np.ndarray) -> tuple[list[float | None], list[bool]]:
+    def _ood_scores(self, features: np.ndarray, images: np.ndarray) -> tuple[list[float | None], list[bool]]:
         if self._ood is None:
             return [None] * len(features), [False] * len(features)
-        scores = np.asarray(self._ood.score(features), np.float64).reshape(-1)
+        # the model inputs too: an inverted radiograph has ordinary pooled features, but not ordinary brightness
+        scores = np.asarray(self._ood.score(features, images), np.float64).reshape(-1)
         return [float(s) for s in scores], [bool(s > self._ood.threshold) for s in scores]
 
     def analyze_batch(self, radiographs: Sequence[Radiograph], *, cams: bool = True,
@@ -175,7 +176,7 @@ class Classifier:
             else:
                 probs, logits, pooled = (t.numpy() for t in self._forward_fn(x))
                 maps = None
-        ood_scores, ood_flags = self._ood_scores(pooled)
+        ood_scores, ood_flags = self._ood_scores(pooled, x)
         return [Analysis(self.classes, probs[i], logits[i], None if maps is None else maps[i], pooled[i],
                          tuple(int(v) for v in original_shapes[i][:2]), ood_scores[i], ood_flags[i])
                 for i in range(len(x))]

@@ -5,7 +5,15 @@ Ledoit-Wolf shrinkage covariance (more feature dimensions than training images).
 pooled ReLU activations are skewed, and the root makes them closer to the Gaussian the distance assumes.
 The threshold is a high quantile of *held-out* in-distribution scores (cross-fitting: each fold scored by statistics
 fitted without it), so the false-alarm rate on new radiographs is about 1 - quantile, not an optimistic 0.
-Stored in a bundle as `ood.npz` + `model.json["ood"]`; no TensorFlow here.
+
+Pooled features cannot tell an inverted radiograph from a real one (global average pooling of VGG edge filters is
+nearly polarity-blind: only ~10 % of inverted ../shared radiographs fell outside). So, when the model inputs are
+given, a fixed brightness-layout check joins in: in a positive frontal chest film the mediastinum and spine (centre
+strip) are brighter than the lung fields beside them. On ../shared that difference is > 0.004 for 98 % of the real
+radiographs and < -0.004 for 98 % of the inverted ones.
+
+`score()` is relative: max(distance / distance threshold, polarity score); above 1 means "not a chest X-ray?".
+Stored in a bundle as `ood.npz` + `model.json["ood"]` (threshold 1.0); no TensorFlow here.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-METHOD = "mahalanobis-ledoitwolf-sqrt"
+METHOD = "mahalanobis-ledoitwolf-sqrt+polarity-v1"
 OOD_FILE = "ood.npz"
 DEFAULT_QUANTILE = 0.99
+POLARITY_SCALE = 0.05   # centre-minus-sides brightness (0..1 units) per unit of score; 0 difference scores 1.0
 
 
 class OODError(Exception):
@@ -49,6 +58,24 @@ def _distance(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndar
     return np.sqrt(np.clip(squared, 0.0, None))
 
 
+def polarity_score(images: np.ndarray) -> np.ndarray:
+    """(n, rows, cols[, channels]) images of any offset -> (n,) score, above 1 when the centre strip is darker than
+    the lung fields beside it (an inverted film, or no chest at all). Model inputs work: offsets cancel."""
+    import cv2
+
+    images = np.asarray(images, np.float32)
+    if images.ndim == 4:
+        images = images.mean(axis=3)
+    out = np.empty(len(images))
+    for i, image in enumerate(images):
+        small = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA) / 255.0
+        band = small[6:26]                          # rows 20-80 %: lungs and mediastinum, no neck or abdomen
+        centre = band[:, 13:19].mean()
+        sides = np.concatenate([band[:, 4:11].ravel(), band[:, 21:28].ravel()]).mean()
+        out[i] = 1.0 - (centre - sides) / POLARITY_SCALE
+    return out
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -59,17 +86,18 @@ def _sha256(path: Path) -> str:
 
 @dataclass
 class OODStats:
-    """Gaussian statistics of the training features plus the alarm threshold. Higher score = more unusual."""
+    """Gaussian statistics of the training features and the distance threshold. Higher score = more unusual."""
 
     mean: np.ndarray
     precision: np.ndarray
-    threshold: float
+    distance_threshold: float
     quantile: float = DEFAULT_QUANTILE
     n_train: int = 0
     method: str = METHOD
+    threshold: float = 1.0          # on the relative score
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """(n, D) pooled features -> (n,) distances (a single (D,) vector gives a 1-element array)."""
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(n, D) pooled features -> (n,) Mahalanobis distances (a single (D,) vector gives a 1-element array)."""
         features = np.asarray(features, np.float64)
         if features.ndim == 1:
             features = features[None, :]
@@ -77,6 +105,14 @@ class OODStats:
             raise OODError(f"features have {features.shape[1]} dimensions; these statistics expect "
                            f"{self.mean.shape[0]} (a different base model?)")
         return _distance(_transform(features), self.mean, self.precision)
+
+    def score(self, features: np.ndarray, images: np.ndarray | None = None) -> np.ndarray:
+        """Relative score (n,): distance / distance threshold, raised by the polarity check when the model inputs
+        `images` (n, rows, cols, 3) are given. Above `threshold` (1.0): "not a chest X-ray?"."""
+        relative = self.distance(features) / self.distance_threshold
+        if images is not None:
+            relative = np.maximum(relative, polarity_score(images))
+        return relative
 
     def is_ood(self, scores: np.ndarray | float) -> np.ndarray:
         """True where the score is above the threshold: "not a chest X-ray?" — the prediction is unreliable."""
@@ -88,10 +124,11 @@ class OODStats:
         path = target if target.suffix == ".npz" else target / OOD_FILE
         with open(path, "wb") as f:
             np.savez(f, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
-                     threshold=np.float64(self.threshold), quantile=np.float64(self.quantile),
+                     distance_threshold=np.float64(self.distance_threshold), quantile=np.float64(self.quantile),
                      n_train=np.int64(self.n_train), method=np.array(self.method))
         return {"method": self.method, "file": path.name, "sha256": _sha256(path), "threshold": float(self.threshold),
-                "quantile": float(self.quantile), "n_train": int(self.n_train)}
+                "distance_threshold": float(self.distance_threshold), "quantile": float(self.quantile),
+                "n_train": int(self.n_train)}
 
     @classmethod
     def load(cls, folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> "OODStats":
@@ -101,13 +138,16 @@ class OODStats:
         try:
             with np.load(path, allow_pickle=False) as z:
                 mean, precision = z["mean"].astype(np.float64), z["precision"].astype(np.float64)
-                threshold = float(meta.get("threshold", z["threshold"]))
-                stats = cls(mean, precision, threshold, float(z["quantile"]), int(z["n_train"]), str(z["method"]))
+                distance_threshold = float(z["distance_threshold"])
+                threshold = float(meta.get("threshold", 1.0))
+                stats = cls(mean, precision, distance_threshold, float(z["quantile"]), int(z["n_train"]),
+                            str(z["method"]), threshold)
         except (OSError, KeyError, ValueError) as err:
             raise OODError(f"{path} is not readable OOD statistics ({err})") from None
         if stats.method != METHOD:
             raise OODError(f"{path}: unknown OOD method {stats.method!r} (this version knows {METHOD})")
-        if mean.ndim != 1 or precision.shape != (mean.shape[0], mean.shape[0]) or not np.isfinite(threshold):
+        if (mean.ndim != 1 or precision.shape != (mean.shape[0], mean.shape[0]) or not np.isfinite(threshold)
+                or not distance_threshold > 0):
             raise OODError(f"{path}: inconsistent OOD statistics (mean {mean.shape}, precision {precision.shape})")
         return stats
 
@@ -135,8 +175,7 @@ def fit_ood(train_features: np.ndarray, *, groups: Sequence[Any] | None = None, 
         mean, precision = _fit_gaussian(x[fit_idx])
         held_out[test_idx] = _distance(x[test_idx], mean, precision)
     mean, precision = _fit_gaussian(x)
-    threshold = float(np.quantile(held_out, quantile))
-    return OODStats(mean, precision, threshold, quantile, n)
+    return OODStats(mean, precision, float(np.quantile(held_out, quantile)), quantile, n)
 
 
 def add_ood_to_bundle(bundle_dir: str | os.PathLike, features: np.ndarray, *,
