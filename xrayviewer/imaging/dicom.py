@@ -43,30 +43,34 @@ def read_dicom(fileobj: BinaryIO, max_pixels: int) -> tuple[np.ndarray, dict[str
 
 
 def _read_dataset(ds: Dataset, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
-    notes: list[str] = []
-    meta: dict[str, Any] = {"format": "DICOM", "dicom": viewer_tags(ds), "notes": notes}
+    meta: dict[str, Any] = {"format": "DICOM", "dicom": viewer_tags(ds), "notes": []}
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
         raise DicomError(_no_pixel_data_message(ds))
     rows, cols = _dimensions(ds)
     check_pixel_limit(rows, cols, max_pixels)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    bits_stored = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
-    meta.update(original_shape=(rows, cols), photometric=photometric, mode=photometric, bit_depth=bits_stored,
-                transfer_syntax=_transfer_syntax(ds, notes).name)
+    meta.update(original_shape=(rows, cols), photometric=photometric, mode=photometric,
+                bit_depth=int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8),
+                transfer_syntax=_transfer_syntax(ds, meta["notes"]).name)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        notes.append(f"multi-frame DICOM: first of {frames} frames shown")
-    stored = _decode_first_frame(ds)
-    if stored.ndim == 3 and stored.shape[-1] in (3, 4):
-        return luminance(stored, float(2 ** int(ds.get("BitsAllocated", 8)) - 1)), meta
+        meta["notes"].append(f"multi-frame DICOM: first of {frames} frames shown")
+    return _stored_to_display(_decode_first_frame(ds), ds, meta), meta
+
+
+def _stored_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]) -> np.ndarray:
+    """Decoded frame (colour or monochrome) -> 0..1 grayscale, higher = brighter."""
+    if stored.ndim == 3 and stored.shape[-1] in (3, 4):  # RGB (YBR is already converted by pydicom)
+        return luminance(stored, float(2 ** int(ds.get("BitsAllocated", 8)) - 1))
     if stored.ndim != 2:
         raise UnsupportedImageError(f"DICOM pixel data has shape {stored.shape}: not a 2-D image")
-    if photometric == "PALETTE COLOR":
-        return luminance(apply_color_lut(stored, ds), 65535.0), meta
+    if meta["photometric"] == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)  # uint8 or uint16, after the palette's entry size
+        return luminance(rgb, float(np.iinfo(rgb.dtype).max))
     pixels = _monochrome_to_display(stored, ds, meta)
-    if photometric == "MONOCHROME1":  # stored with 0 = white
+    if meta["photometric"] == "MONOCHROME1":  # stored with 0 = white
         pixels = 1.0 - pixels
-    return pixels, meta
+    return pixels
 
 
 def viewer_tags(ds: Dataset) -> dict[str, str]:
