@@ -328,3 +328,16 @@ def test_file_sha256_of_a_missing_file_is_a_file_access_error(tmp_path):
 
     with pytest.raises(FileAccessError):
         file_sha256(tmp_path / "missing.png")
+
+
+def test_dicom_sigmoid_voi_function(tmp_path):
+    stored = (CHEST * 4000).astype(np.uint16)
+    rg = read_radiograph(write_dicom(tmp_path / "sigmoid.dcm", stored, BitsStored=12, WindowCenter=2000,
+                                     WindowWidth=1000, VOILUTFunction="SIGMOID"))
+    expected = 1 / (1 + np.exp(-4 * (stored.astype(np.float64) - 2000) / 1000))
+    np.testing.assert_allclose(rg.pixels, expected, atol=1e-5)
+
+
+def test_window_level_keeps_float64_dicom_values_finite():
+    values = np.array([[-1e300, 0.0, 1e300]])
+    np.testing.assert_allclose(window_level(values, 0.0, 2e300), [[0.0, 0.5, 1.0]])

@@ -6,6 +6,7 @@ Order of the pixel pipeline (PS3.3 C.11): stored values -> Modality LUT (or Resc
 
 from __future__ import annotations
 
+import math
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -180,7 +181,8 @@ def _monochrome_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]
         center, width = window
         meta.update(window_center=center, window_width=width, voi="window")
         if str(ds.get("VOILUTFunction", "LINEAR")).upper() == "SIGMOID":
-            return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
+            with np.errstate(over="ignore"):  # exp overflow far from the centre is just 0
+                return (1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))).astype(np.float32)
         return window_level(values, center, width)
     return _full_range(values, stored, ds, meta)
 
@@ -206,8 +208,8 @@ def _first_window(ds: Dataset, meta: dict[str, Any]) -> tuple[float, float] | No
     except (TypeError, ValueError, IndexError):
         meta["notes"].append("window centre/width in the file is unreadable: ignored")
         return None
-    if width <= 0:
-        meta["notes"].append("window width in the file is not positive: ignored")
+    if not (math.isfinite(center) and math.isfinite(width) and width > 0):
+        meta["notes"].append("window centre/width in the file is not usable: ignored")
         return None
     if many and len(centers) > 1:
         meta["notes"].append(f"file offers {len(centers)} windows: the first is used")

@@ -14,10 +14,12 @@ def window_level(pixels: np.ndarray, center: float, width: float) -> np.ndarray:
 
     Works in any unit (0..1 display pixels, or DICOM modality values in the reader).
     """
+    values = np.asarray(pixels)
+    work = np.float64 if values.dtype == np.float64 else np.float32  # DICOM values may exceed float32
     width = max(float(width), 1e-6)
     low = float(center) - width / 2.0
-    out = (np.asarray(pixels, dtype=np.float32) - np.float32(low)) * np.float32(1.0 / width)
-    return np.clip(out, 0.0, 1.0, out=out)
+    out = (values.astype(work, copy=False) - work(low)) * work(1.0 / width)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def auto_window(pixels: np.ndarray, low_percentile: float = 1.0, high_percentile: float = 99.0
