@@ -11,6 +11,7 @@ widgets; it reports through the signals, which Qt delivers on the GUI thread to 
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import itertools
 import threading
@@ -65,6 +66,7 @@ class Worker(QRunnable):
         return self.cancel_event.is_set()
 
     def run(self) -> None:  # runs on a pool thread
+        _pin_thread_state()
         sig = self.signals
         try:
             sig.started.emit(self.id)
@@ -92,6 +94,22 @@ class Worker(QRunnable):
                 sig.finished.emit(self.id)
             except RuntimeError:
                 pass
+
+
+_pinned = threading.local()
+
+
+def _pin_thread_state() -> None:
+    """Keep this pool thread's Python thread state alive between runs.
+
+    PySide creates a Python thread state for each run() on a Qt pool thread and deletes it afterwards; TensorFlow's
+    pybind11 code remembers the thread state of the thread and later re-acquires the deleted one (a segfault the
+    second time TensorFlow traces on that thread). One extra, never released PyGILState_Ensure per thread keeps a
+    single thread state for the thread's life.
+    """
+    if not getattr(_pinned, "done", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _pinned.done = True
 
 
 def check_cancel(cancel: threading.Event | None) -> None:
