@@ -74,7 +74,7 @@ def test_model_json_is_complete(saved):
     from xrayviewer.imaging import PREPROCESSING_ID
     from xrayviewer.model.backbone import base_weights_sha256
 
-    assert meta["format_version"] == 1 and meta["name"] == "test model" and meta["classes"] == CLASSES
+    assert meta["format_version"] == 1 and meta["kind"] == "classifier" and meta["name"] == "test model" and meta["classes"] == CLASSES
     assert meta["input_size"] == list(SIZE) and meta["preprocessing"] == PREPROCESSING_ID
     assert meta["base"]["id"] == "vgg16-hed-block4"
     assert meta["base"]["weights_sha256"] == base_weights_sha256("vgg16-hed-block4")
@@ -255,11 +255,14 @@ def test_scan_lists_broken_bundles_with_reason(saved, tmp_path):
     (broken / "head.weights.h5").write_bytes(b"")
     shutil.copytree(saved, root / ".good.tmp-123")  # interrupted save: hidden, ignored
     (root / "not-a-model").mkdir()
+    (root / "lungs").mkdir()
+    (root / "lungs" / MODEL_JSON).write_text('{"kind": "lung-segmenter", "format_version": 1}')
     found = {p.name: (b, e) for p, b, e in scan_bundles(root)}
     assert set(found) == {"good", "broken"}
     assert found["good"][0] is not None and found["good"][1] is None
     assert found["broken"][0] is None and "damaged" in str(found["broken"][1])
     assert [b.path.name for b in list_bundles(root, tmp_path / "absent")] == ["good"]
+    assert "not an image classifier" in _refusal(root / "lungs")
 
 
 # ------------------------------------------------------------------------------------------------ .keras files

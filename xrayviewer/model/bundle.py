@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 HEAD_WEIGHTS = "head.weights.h5"
 FULL_WEIGHTS = "model.weights.h5"
+BUNDLE_KIND = "classifier"   # model.json "kind"; other kinds (the lung segmenter) share the folder layout
 
 
 class BundleError(Exception):
@@ -130,6 +131,8 @@ def _validate(path: Path, meta: Any) -> None:
 
     if not isinstance(meta, dict):
         raise _refuse(path, f"{MODEL_JSON} does not hold a JSON object")
+    if meta.get("kind", BUNDLE_KIND) != BUNDLE_KIND:
+        raise _refuse(path, f"it is a {meta.get('kind')!r} model, not an image classifier")
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise _refuse(path, f"{MODEL_JSON} has an unknown format version ({version!r})")
@@ -230,11 +233,22 @@ def scan_bundles(directory: str | os.PathLike) -> list[tuple[Path, ModelBundle |
     candidates = [directory] if (directory / MODEL_JSON).exists() else sorted(
         p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MODEL_JSON).exists())
     for candidate in candidates:
+        if _other_kind(candidate):
+            continue  # e.g. the lung segmenter in models/lungs: a bundle, but not a classifier
         try:
             found.append((candidate, load_bundle(candidate), None))
         except BundleError as err:
             found.append((candidate, None, err))
     return found
+
+
+def _other_kind(path: Path) -> bool:
+    """True when model.json declares a kind of model other than a classifier (unreadable ones are not skipped)."""
+    try:
+        meta = json.loads((path / MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("kind", BUNDLE_KIND) != BUNDLE_KIND
 
 
 def list_bundles(*dirs: str | os.PathLike) -> list[ModelBundle]:
@@ -321,6 +335,7 @@ def _complete_meta(meta: Mapping[str, Any], model, dest: Path) -> dict[str, Any]
                                "imagenet-cache": "Keras ImageNet file from the local cache"}[spec.weights])
     out["base"] = base
     out["format_version"] = FORMAT_VERSION
+    out["kind"] = BUNDLE_KIND
     out.setdefault("name", dest.name)
     out.setdefault("version", "1")
     out.setdefault("classes", None)
@@ -337,7 +352,7 @@ def _complete_meta(meta: Mapping[str, Any], model, dest: Path) -> dict[str, Any]
     out.setdefault("metrics", {})
     out["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out["app_version"] = __version__
-    first = ("format_version", "name", "version", "classes", "input_size", "preprocessing", "base", "head")
+    first = ("format_version", "kind", "name", "version", "classes", "input_size", "preprocessing", "base", "head")
     return {**{k: out[k] for k in first}, **{k: v for k, v in out.items() if k not in first}}
 
 
