@@ -155,3 +155,17 @@ def test_importing_imaging_loads_no_qt_tensorflow_or_matplotlib():
             "print(sorted(m for m in ('PySide6', 'tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_permission_denied_message_without_root(tmp_path, monkeypatch):
+    """The root-proof twin of no_read_permission: the open itself is refused."""
+    from xrayviewer.imaging import FileAccessError, reader
+
+    path = write_png_gray(tmp_path / "locked.png", synthetic_chest())
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(reader, "open", refuse, raising=False)
+    with pytest.raises(FileAccessError, match="permission denied"):
+        read_radiograph(path)
