@@ -261,3 +261,18 @@ def test_shared_dataset(shared_data, cxr_manifest):
     expected = {row["path"]: row["patient_id"] for row in cxr_manifest}
     assert all(expected[item.path.relative_to(ds.root).as_posix()] == item.patient_id for item in ds.items)
     assert len(ds.fingerprint()) == 64
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifos_and_broken_links_never_block_or_crash_scanning(tmp_path):
+    root = make_dataset(tmp_path, {"covid": 6, "normal": 6})
+    os.mkfifo(root / "covid" / "pipe.png")
+    os.mkfifo(root / "normal" / "PIPE_NO_EXTENSION")
+    (root / "normal" / "gone.png").symlink_to(root / "nowhere.png")
+    found = names(iter_radiographs(root))
+    assert "pipe.png" in found and "gone.png" in found and "PIPE_NO_EXTENSION" not in found
+    ds = discover_dataset(root)
+    warning = messages(ds, "warning")
+    assert "2 unreadable file(s)" in warning and "pipe.png" in warning and "gone.png" in warning
+    assert ds.counts() == {"covid": 6, "normal": 6}

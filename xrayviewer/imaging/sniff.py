@@ -6,7 +6,9 @@ Used by the reader (to route DICOM vs raster, and to say what a non-image *is*) 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 
 HEAD_BYTES = 4096  # enough for every signature below, including DICOM's 128-byte preamble
@@ -43,7 +45,12 @@ _DICOM_FIRST_GROUPS = {0x0002, 0x0008}
 
 
 def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
-    """First `n` bytes of a file (OSError propagates: callers turn it into their own message)."""
+    """First `n` bytes of a regular file (OSError propagates: callers turn it into their own message).
+
+    Anything else (FIFO, device, socket) raises OSError instead of being opened: reading a FIFO blocks forever.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     with open(path, "rb") as f:
         return f.read(n)
 
