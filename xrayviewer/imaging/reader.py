@@ -44,12 +44,9 @@ def read_radiograph(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PI
 
 
 def _read(path: str, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
-    with _open_regular_file(path) as (fileobj, size):
-        head = fileobj.read(HEAD_BYTES)
+    with open_regular_file(path) as (fileobj, size):
+        file_format = sniff_image_format(fileobj.read(HEAD_BYTES), path)
         fileobj.seek(0)
-        file_format = sniff_format(head)
-        if file_format is None:
-            raise NotAnImageError(f"not an image: the file looks like {describe_non_image(head)}{_ext_hint(path)}")
         if file_format == "DICOM":
             pixels, meta = read_dicom(fileobj, max_pixels)
         else:
@@ -59,8 +56,16 @@ def _read(path: str, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     return pixels, meta
 
 
+def sniff_image_format(head: bytes, path: str | os.PathLike) -> str:
+    """The format the file's first bytes show ('PNG', 'DICOM', ...), or NotAnImageError saying what it looks like."""
+    file_format = sniff_format(head)
+    if file_format is None:
+        raise NotAnImageError(f"not an image: the file looks like {describe_non_image(head)}{_ext_hint(path)}")
+    return file_format
+
+
 @contextmanager
-def _open_regular_file(path: str) -> Iterator[tuple[BinaryIO, int]]:
+def open_regular_file(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, int]]:
     """(binary file, size) of a non-empty regular file, or a FileAccessError/EmptyFileError.
 
     Checks the type before opening: opening a FIFO would block forever, and a folder cannot be read.
@@ -95,7 +100,7 @@ def _stat(path: str) -> os.stat_result:
         raise FileAccessError(f"cannot open the file: {err.strerror or err}") from err
 
 
-def _ext_hint(path: str) -> str:
+def _ext_hint(path: str | os.PathLike) -> str:
     ext = os.path.splitext(path)[1]
     return f" (despite its {ext} extension)" if ext else ""
 

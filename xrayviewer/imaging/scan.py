@@ -17,7 +17,8 @@ from typing import Iterable, Iterator
 
 from xrayviewer.imaging.errors import FileAccessError, RadiographError
 from xrayviewer.imaging.hashing import file_sha256
-from xrayviewer.imaging.sniff import is_dicom_head, read_head, sniff_format
+from xrayviewer.imaging.reader import open_regular_file, read_radiograph, sniff_image_format
+from xrayviewer.imaging.sniff import HEAD_BYTES, is_dicom_head, read_head
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 SYSTEM_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "system volume information",
@@ -246,23 +247,16 @@ def _drop_unreadable(dataset: Dataset, class_files: dict[str, list[Path]], verif
 
 
 def _read_problem(path: Path, verify: bool) -> str | None:
-    """None if the file looks readable; else why not. Header sniff by default, full decode with verify."""
-    if verify:
-        from xrayviewer.imaging.reader import read_radiograph  # the reader pulls in Pillow/pydicom decoders
-
-        try:
-            read_radiograph(path)
-        except RadiographError as err:
-            return str(err)
-        return None
+    """None if the file looks readable; else why not (the reader's message). Header sniff by default, full decode
+    with verify."""
     try:
-        head = read_head(path, 256)
-    except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
-    if not head:
-        return "file is empty"
-    if sniff_format(head) is None:
-        return "not an image"
+        if verify:
+            read_radiograph(path)
+        else:
+            with open_regular_file(path) as (fileobj, _size):
+                sniff_image_format(fileobj.read(HEAD_BYTES), path)
+    except RadiographError as err:
+        return str(err)
     return None
 
 
