@@ -93,7 +93,7 @@ def test_random_bytes_with_an_image_extension(tmp_path):
 
 
 def test_mutated_files_raise_only_radiograph_errors(tmp_path):
-    """Truncations and byte flips of valid PNG/JPEG/BMP/TIFF/DICOM files: an image or a RadiographError, nothing else."""
+    """Truncations and byte flips of valid PNG/JPEG/BMP/TIFF/DICOM: an image or a RadiographError, nothing else."""
     import warnings
 
     from badinputs import encode, to_u8, write_dicom
