@@ -276,3 +276,9 @@ def test_fifos_and_broken_links_never_block_or_crash_scanning(tmp_path):
     warning = messages(ds, "warning")
     assert "2 unreadable file(s)" in warning and "pipe.png" in warning and "gone.png" in warning
     assert ds.counts() == {"covid": 6, "normal": 6}
+
+
+def test_invalid_patient_pattern_is_a_problem(tmp_path):
+    ds = discover_dataset(make_dataset(tmp_path, {"covid": 6, "normal": 6}), patient_pattern="(unclosed")
+    assert not ds.ok and "not a valid regular expression" in messages(ds, "error")
+    assert ds.patient_id_origin == "file"

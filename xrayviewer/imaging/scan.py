@@ -262,7 +262,7 @@ def _read_problem(path: Path, verify: bool) -> str | None:
 
 def _assign_patients(dataset: Dataset, readable: list[tuple[Path, str]], patient_pattern: str | None) -> None:
     manifest = _read_manifest(dataset)
-    regex = re.compile(patient_pattern, re.IGNORECASE) if patient_pattern else None
+    regex = _compile_pattern(dataset, patient_pattern)
     origins = Counter()
     relabelled = []
     for path, label in readable:
@@ -284,6 +284,17 @@ def _assign_patients(dataset: Dataset, readable: list[tuple[Path, str]], patient
         dataset.problems.append(DatasetProblem(
             "warning", f"{len(relabelled)} image(s) have another label in {MANIFEST_NAME} than their folder: "
                        "the folder is used", tuple(relabelled)))
+
+
+def _compile_pattern(dataset: Dataset, patient_pattern: str | None) -> re.Pattern | None:
+    if not patient_pattern:
+        return None
+    try:
+        return re.compile(patient_pattern, re.IGNORECASE)
+    except re.error as err:
+        dataset.problems.append(DatasetProblem(
+            "error", f"the patient-id pattern {patient_pattern!r} is not a valid regular expression ({err})"))
+        return None
 
 
 def _read_manifest(dataset: Dataset) -> dict[str, dict[str, str]]:
