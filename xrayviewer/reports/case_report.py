@@ -29,6 +29,9 @@ PNG_DPI = 150                       # 1240 x 1754 px: sharp on screen, small on 
 _MAX_IMAGE_SIDE = 1200              # images are downsampled for the page (a 3408 px JPEG would bloat the PDF)
 _DISCLAIMER_DETAIL = ("This page shows what a machine-learning model computed for one image. It is not a medical "
                       "device and must never be used to make clinical decisions.")
+_READING_NOTE = ("The heatmap shows which regions drove the score for this class, not where disease is. Lung "
+                 "attention is the share of its positive mass inside the lung fields: low values mean the model "
+                 "looked elsewhere (text markers, borders, devices).")
 _COLOR_WARN = "#b00020"
 _COLOR_PRED = "#1f5fa8"
 _COLOR_OTHER = "#9aa5b1"
@@ -262,9 +265,12 @@ def _key_figures(findings: CaseFindings) -> list[tuple[str, str, str | None]]:
         rows.append(("Out-of-distribution", "not available for this model", None))
     else:
         thr = "" if findings.ood_threshold is None else f" (threshold {findings.ood_threshold:.3g})"
-        rows.append(("Out-of-distribution", f"score {findings.ood_score:.3g}{thr}", None))
         if findings.ood_flag:
+            rows.append(("Out-of-distribution", f"score {findings.ood_score:.3g}{thr}", None))
             rows.append(("", "UNLIKE THE TRAINING IMAGES: prediction unreliable", _COLOR_WARN))
+        else:
+            rows.append(("Out-of-distribution", f"score {findings.ood_score:.3g}{thr}: like the training images",
+                         None))
     return rows
 
 
@@ -311,7 +317,7 @@ def case_report_figure(radiograph: Radiograph, findings_or_analysis: Any, model_
 
     # what goes below the images, measured first so the images get exactly the room that is left
     key_rows = [(label, _wrap(value, 31), color) for label, value, color in _key_figures(findings)]
-    key_h = 0.016 + 0.017 * sum(v.count("\n") + 1 for _, v, _ in key_rows) + 0.05
+    key_h = 0.016 + 0.017 * sum(v.count("\n") + 1 for _, v, _ in key_rows) + 0.075
     n = len(findings.classes)
     bar_h = min(0.16, 0.035 * n + 0.04)
     section_h = max(bar_h + 0.045, key_h)
@@ -352,9 +358,7 @@ def case_report_figure(radiograph: Radiograph, findings_or_analysis: Any, model_
         fig.text(0.70, y, wrapped, fontsize=8.5, va="top", color=color or "black",
                  fontweight="bold" if color else "normal")
         y -= 0.017 * (wrapped.count("\n") + 1)
-    fig.text(0.55, y - 0.004, _wrap("Lung attention: share of the heatmap's positive mass inside the lung fields; "
-                                    "low values mean the model looked elsewhere (text markers, borders, devices).",
-                                    62), fontsize=7, color="#555555", va="top", style="italic")
+    fig.text(0.55, y - 0.004, _wrap(_READING_NOTE, 62), fontsize=7, color="#555555", va="top", style="italic")
 
     # model and file
     urls = {"Model card": Path(card).resolve().as_uri()} if card else None
