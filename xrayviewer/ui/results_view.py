@@ -131,8 +131,9 @@ class ResultsTableModel(QAbstractTableModel):
             return row.ground_truth
         if key == "Correct?":
             return {True: "yes", False: "no", None: ""}[row.correct]
-        if key == "Lung attention":
-            return _num(row.lung_attention, 2)
+        if key == "Lung attention":  # a share, shown as the viewer shows it
+            value = row.lung_attention
+            return "" if value is None or math.isnan(value) else f"{100 * value:.0f} %"
         if key == "OOD score":
             return _num(row.ood_score) + ("  ⚠" if row.ood_flag else "")
         return row.error
