@@ -74,6 +74,7 @@ class FakeModelService(QObject):
     def __init__(self, classifier=None):
         super().__init__()
         self.classifier = classifier
+        self.segmenter = None
         self.bundle_path = None
 
 
@@ -193,6 +194,27 @@ def test_classify_folder_fills_table_badges_and_summary(qtbot, window, controlle
     col = model.column_of("Correct?")
     shown = {model.index(r, 0).data(): model.index(r, col).data() for r in range(model.rowCount())}
     assert shown["covid_looks_normal.png"] == "no" and shown["covid_0.png"] == "yes"
+
+
+class LeftHalfLungs:
+    """Stands in for the LungSegmenter: the left half of every image is 'lung'."""
+
+    def segment(self, radiograph):
+        mask = np.zeros(radiograph.shape, bool)
+        mask[:, : radiograph.shape[1] // 2] = True
+        return mask
+
+
+def test_lung_attention_comes_from_the_windows_segmenter(qtbot, window, controller, synthetic_folder):
+    window.model_service.segmenter = LeftHalfLungs()
+    window.paths = synthetic_folder
+    rows = _run(qtbot, controller)
+    # the fake map is hot in columns 1..2 of a 7-wide grid: mostly inside the left half
+    attention = [r.lung_attention for r in rows if not r.error]
+    assert all(a is not None and 0.7 < a <= 1.0 for a in attention)
+    model = controller.panel.table_model
+    col = model.column_of("Lung attention")
+    assert model.index(0, col).data().endswith(" %")
 
 
 def test_filters_mismatch_low_confidence_errors_and_text(qtbot, window, controller, synthetic_folder):
