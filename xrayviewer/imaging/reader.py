@@ -28,7 +28,8 @@ def read_radiograph(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PI
     """Read PNG/JPEG/BMP/TIFF/DICOM into display-ready 0..1 grayscale (higher = brighter).
 
     Never raises anything but RadiographError (subclasses for the expected problems; the base class wraps
-    anything unexpected with its original text).
+    anything unexpected with its original text). `max_pixels` is checked from the header before decoding; for
+    raster files Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS, about 179 MP) still applies above it.
     """
     path_text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
     try:
