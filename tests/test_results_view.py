@@ -428,7 +428,7 @@ def test_real_window_exports_what_is_on_screen(qtbot, real_window, synthetic_fol
     qtbot.waitUntil(lambda: win.current_explained() is not None
                     and Path(win.current_explained().path) == target.resolve(), timeout=20_000)
     # a method other than Grad-CAM on screen: the export must carry that map, not recompute Grad-CAM
-    win._set_method("gradcam++")
+    next(a for a in win.method_group.actions() if a.data() == "gradcam++").trigger()  # View › Explanation method
     qtbot.waitUntil(lambda: win.current_explained() is not None and win.current_explained().method == "gradcam++",
                     timeout=20_000)
     shown = win.current_explained().heatmap
