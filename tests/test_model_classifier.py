@@ -224,15 +224,16 @@ def test_explain_methods_and_reuse(classifier):
 def test_ood_statistics_are_applied(classifier, bundle_path, tmp_path):
     ood = pytest.importorskip("xrayviewer.model.ood", reason="the lungs engineer's OOD module is not in this tree")
     # Hand-made statistics (fitting them is the lungs engineer's test, and slow): unit Gaussian around 0.5.
-    stats = ood.OODStats(np.full(512, 0.5), np.eye(512), threshold=10.0)
+    stats = ood.OODStats(np.full(512, 0.5), np.eye(512), distance_threshold=10.0)
     (tmp_path / "stats").mkdir()
     entry = stats.save(tmp_path / "stats")
     path = save_bundle(tmp_path / "with-ood", {**load_bundle(bundle_path).meta, "ood": entry}, classifier.model,
                        extra_files={entry["file"]: tmp_path / "stats" / entry["file"]})
     with_ood = Classifier(load_bundle(path), classifier.model)
-    analysis = with_ood.analyze(synthetic(4))
+    radiograph = synthetic(4)
+    analysis = with_ood.analyze(radiograph)
     stored = ood.OODStats.load(path, entry)
-    expected = float(stored.score(analysis.features[None])[0])
+    expected = float(stored.score(analysis.features[None], with_ood.model_input(radiograph)[None])[0])
     assert analysis.ood_score == pytest.approx(expected)
     assert analysis.ood_flag == (expected > stored.threshold)
 
