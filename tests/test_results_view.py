@@ -447,3 +447,22 @@ def test_real_window_exports_what_is_on_screen(qtbot, real_window, synthetic_fol
 
         text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
         assert "Grad-CAM++" in text and "covid_0.png" in text
+
+
+def test_menu_actions_ask_for_a_file_and_write_beside_it(qtbot, window, controller, tmp_path, monkeypatch,
+                                                         synthetic_folder):
+    from PySide6.QtWidgets import QFileDialog
+
+    window.current = synthetic_folder[0]
+    answers = iter([str(tmp_path / "report"), str(tmp_path / "map.png"), str(tmp_path / "table.csv")])
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (next(answers), "")))
+    with qtbot.waitSignal(controller.reportWritten, timeout=60_000) as blocker:
+        controller.case_report_action.trigger()
+    assert blocker.args[0] == [tmp_path / "report.pdf", tmp_path / "report.png"]  # the PNG goes beside the PDF
+    with qtbot.waitSignal(controller.reportWritten, timeout=60_000) as blocker:
+        controller.heatmap_action.trigger()
+    assert blocker.args[0] == [tmp_path / "map.png", tmp_path / "map-raw16.png"]
+    window.paths = synthetic_folder
+    _run(qtbot, controller)
+    controller.export_csv_action.trigger()
+    assert read_results_csv(tmp_path / "table.csv")[1]
