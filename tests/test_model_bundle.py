@@ -196,6 +196,17 @@ def test_save_over_existing_bundle_replaces_it(model, saved, tmp_path):
     assert not (dest / "stale.txt").exists() and _leftovers(tmp_path) == []
 
 
+def test_save_never_replaces_a_folder_that_is_not_a_bundle(model, tmp_path):
+    precious = tmp_path / "documents"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        save_bundle(precious, {"classes": CLASSES}, model)
+    assert (precious / "thesis.tex").read_text() == "years of work" and _leftovers(tmp_path) == []
+    (tmp_path / "empty").mkdir()
+    assert load_bundle(save_bundle(tmp_path / "empty", {"classes": CLASSES}, model)).classes == CLASSES
+
+
 # -------------------------------------------------------------------------------------------------------- refusals
 def test_wrong_weights_hash_refused(copy):
     _edit(copy, lambda m: m["weights"].update(sha256="f" * 64))

@@ -369,6 +369,9 @@ def save_bundle(dest: str | os.PathLike, meta: Mapping[str, Any], model, *, head
     from xrayviewer.model.backbone import base_weights_sha256
 
     dest = Path(dest).absolute()
+    # Replacing means deleting the old folder: only ever do that to a bundle (or an empty folder).
+    if dest.exists() and not (dest.is_dir() and ((dest / MODEL_JSON).is_file() or not any(dest.iterdir()))):
+        raise BundleError(f"{dest} exists and is not a model bundle; choose another folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     full = _complete_meta(meta, model, dest)
     try:
