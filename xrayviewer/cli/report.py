@@ -69,19 +69,25 @@ def run(args: argparse.Namespace) -> int:
     except RadiographError as err:
         return _fail(1, f"{args.image}: {err}")
 
-    from xrayviewer.model.bundle import BundleError
-    from xrayviewer.model.classifier import Classifier
+    # validate the bundle and the class before TensorFlow starts: both are read from model.json
+    from xrayviewer.model.bundle import BundleError, load_bundle
 
     try:
-        classifier = Classifier.load(model_dir)
+        bundle = load_bundle(model_dir)
     except BundleError as err:
         return _fail(2, str(err))
     class_index = None
     if args.class_name is not None:
-        if args.class_name not in classifier.classes:
-            return _fail(2, f"the model has no class {args.class_name!r} (its classes: "
-                            f"{', '.join(classifier.classes)})")
-        class_index = classifier.classes.index(args.class_name)
+        if args.class_name not in bundle.classes:
+            return _fail(2, f"the model has no class {args.class_name!r} (its classes: {', '.join(bundle.classes)})")
+        class_index = bundle.classes.index(args.class_name)
+
+    from xrayviewer.model.classifier import Classifier
+
+    try:
+        classifier = Classifier.load(bundle)
+    except BundleError as err:
+        return _fail(2, str(err))
 
     from xrayviewer.reports.runs import load_lungs_if_available
 
