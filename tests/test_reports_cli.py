@@ -145,3 +145,20 @@ def test_case_report_for_the_real_dicom(small_classifier, shared_data, cxr_manif
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
         assert "DICOM" in text and "Modality" in text and "1024 × 1024 px" in text
+
+
+@pytest.mark.slow
+def test_report_with_the_shipped_models_on_a_real_image(tmp_path, shared_data, cxr_manifest, artifacts_dir):
+    from xrayviewer.paths import DEFAULT_MODEL_DIR, LUNG_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+        pytest.skip("models/default is not built yet (python training/train_default.py)")
+    image = shared_data / "cxr" / next(r["path"] for r in cxr_manifest if r["source"] == "nih")
+    pdf = tmp_path / "shipped.pdf"
+    proc = _cli(str(image), "--pdf", str(pdf), "--png", str(artifacts_dir / "case-report-shipped.png"))
+    assert proc.returncode == 0, proc.stderr
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
+        assert "MODEL_CARD.md" in text and "Out-of-distribution" in text and "score" in text
+        if (LUNG_MODEL_DIR / "model.json").is_file():  # lungs are used by default when shipped
+            assert "of the heatmap inside" in text
