@@ -179,13 +179,13 @@ def file_metadata_lines(radiograph: Radiograph) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- drawing
 
-def _fit_for_page(image: np.ndarray, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+def _fit_for_page(image: np.ndarray) -> np.ndarray:
     rows, cols = image.shape[:2]
     scale = _MAX_IMAGE_SIDE / max(rows, cols)
     if scale >= 1:
         return image
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
-    return cv2.resize(image, size, interpolation=interpolation)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _draw_image(ax, pixels: np.ndarray, title: str) -> None:

@@ -332,9 +332,6 @@ class ResultsPanel(QWidget):
         self.summary.setText(text)
         self.summary.setVisible(bool(text))
 
-    def set_low_confidence_threshold(self, value: float) -> None:
-        self.threshold.setValue(value)
-
     def _apply_filters(self, *_: Any) -> None:
         self.proxy.set_filters(only_mismatches=self.mismatches.isChecked(),
                                only_low_confidence=self.low_confidence.isChecked(),
@@ -406,7 +403,7 @@ class ResultsController(QObject):
         self.panel.openRequested.connect(self._open_from_table)
         self.panel.cancelRequested.connect(self.cancel_run)
         self.panel.threshold.valueChanged.connect(self._save_threshold)
-        self.panel.set_low_confidence_threshold(self._load_threshold())
+        self.panel.threshold.setValue(self._load_threshold())
         window.model_service.modelChanged.connect(self._update_actions)
         self._update_actions()
 
