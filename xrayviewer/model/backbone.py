@@ -66,7 +66,7 @@ def file_sha256(path: str) -> str:
 
 def base_weights_sha256(base_id: str) -> str:
     """sha256 of the file the base's weights come from ("" for random init)."""
-    spec = BASES[base_id]
+    spec = available_bases().get(base_id) or BASES[base_id]
     if spec.weights == "hed":
         return file_sha256(str(hed_weights_path()))
     if spec.weights == "imagenet-cache":
