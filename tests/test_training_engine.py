@@ -11,30 +11,16 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from xrayviewer.training.engine import FineTuneJob, TrainingConfig, TrainingError, patient_groups, split_by_patient
 from xrayviewer.training.features import Augmentation, FeatureExtractor, clear_memory_cache
 
+from training_support import write_disc_dataset
+
 METRIC_KEYS = {"n", "classes", "accuracy", "balanced_accuracy", "confusion_matrix", "per_class", "macro_auc", "roc",
                "ece", "reliability", "nll"}
-
-
-def write_disc_dataset(root: Path, patients_per_class: int = 6, images_per_patient: int = 2, size: int = 96) -> Path:
-    rng = np.random.default_rng(7)
-    patient = 0
-    for label, disc in (("bright", 0.95), ("dark", 0.02)):
-        (root / label).mkdir(parents=True)
-        for _ in range(patients_per_class):
-            patient += 1
-            for k in range(images_per_patient):
-                img = np.clip(rng.normal(0.35, 0.08, (size, size)), 0, 1)
-                centre = tuple(int(v) for v in rng.integers(size // 3, 2 * size // 3, 2))
-                cv2.circle(img, centre, int(rng.integers(size // 6, size // 4)), disc, -1)
-                cv2.imwrite(str(root / label / f"syn_p{patient:02d}_{k}.png"), (img * 255).astype(np.uint8))
-    return root
 
 
 @pytest.fixture(scope="module")
