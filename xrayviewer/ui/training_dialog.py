@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -133,11 +132,8 @@ class ModelReport:
     title: str
     metrics: dict | None = None
     figures: dict[str, np.ndarray] = field(default_factory=dict)   # figure name -> RGBA image
+    calibration: str = ""                                          # ECE before -> after temperature scaling
     error: str = ""
-
-
-FIGURES = (("confusion", "Confusion matrix"), ("roc", "ROC curves"), ("reliability", "Reliability"),
-           ("curves", "Training curves"))
 
 
 def render_figure(fig) -> np.ndarray:
@@ -149,31 +145,62 @@ def render_figure(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba()).copy()
 
 
-def _model_figures(metrics: dict, history: dict | None) -> dict[str, np.ndarray]:
+def _integer_epochs(fig) -> None:
+    """Epoch axes show whole epochs only."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: dict | None = None,
+                   temperature: float | None = None) -> dict[str, np.ndarray]:
+    """confusion, roc, reliability (+ reliability_raw before temperature scaling, curves) as RGBA images."""
     from xrayviewer.training import metrics as m
 
     figures = {"confusion": m.confusion_figure(metrics), "roc": m.roc_figure(metrics),
-               "reliability": m.reliability_figure(metrics)}
+               "reliability": m.reliability_figure(
+                   metrics, title="Reliability" if temperature is None else f"After scaling (T = {temperature:.2f})")}
+    if uncalibrated is not None:
+        figures["reliability_raw"] = m.reliability_figure(uncalibrated, title="Before scaling")
     if history is not None:
         figures["curves"] = m.training_curves_figure(history)
+        _integer_epochs(figures["curves"])
     return {name: render_figure(fig) for name, fig in figures.items()}
 
 
 def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable[[Any], None],
                   cancel: threading.Event) -> tuple[ModelReport, ModelReport | None]:
     """Figures for the new model, then the active model evaluated on the same validation split."""
-    new = ModelReport("New model", result.metrics, _model_figures(result.metrics, result.history))
+    new = ModelReport("New model", result.metrics,
+                      _model_figures(result.metrics, history=result.history,
+                                     uncalibrated=result.metrics_uncalibrated, temperature=result.temperature),
+                      calibration=(f"ECE {_fmt(result.metrics_uncalibrated.get('ece'))} → "
+                                   f"{_fmt(result.metrics.get('ece'))} after temperature scaling "
+                                   f"(T = {result.temperature:.2f}, fitted on the validation split)"))
     progress({"kind": "report", "which": "new"})
     if active_bundle is None:
         return new, None
     check_cancel(cancel)
-    from xrayviewer.training.engine import evaluate_bundle_on_split
+    from xrayviewer.model.bundle import BundleError, load_bundle
+    from xrayviewer.training.engine import TrainingError, evaluate_bundle_on_split
 
     active = ModelReport(f"Active model ({Path(active_bundle).name})")
     try:
-        active.metrics = evaluate_bundle_on_split(active_bundle, result)
-        active.figures = _model_figures(active.metrics, None)
-    except Exception as exc:  # noqa: BLE001 - shown beside the new model; the new model's results stand
+        bundle = load_bundle(active_bundle)
+        active.title = f"Active model: {bundle.name}"
+        metrics = evaluate_bundle_on_split(active_bundle, result, cancel=cancel)
+        if metrics is None:
+            raise Cancelled()
+        active.metrics = metrics
+        active.figures = _model_figures(metrics)
+        active.calibration = (f"ECE {_fmt(metrics.get('ece'))} with the model's own temperature "
+                              f"(T = {bundle.temperature:.2f})")
+    except Cancelled:
+        raise
+    except (BundleError, TrainingError) as exc:  # shown beside the new model; the new model's results stand
+        active.error = f"Not comparable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any other failure of the old model must not hide the new results
         active.error = f"Could not evaluate the active model on this split: {exc}"
     return new, active
 
@@ -189,8 +216,7 @@ def save_result(result: Any, name: str, dest: Path) -> Path:
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; choose another name.")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    result.name = name
-    return Path(result.save(dest))
+    return Path(result.save(dest, name=name))
 
 
 # ---------------------------------------------------------------- small widgets
@@ -217,6 +243,11 @@ class FigureView(QLabel):
     def set_image(self, image: np.ndarray) -> None:
         self._pixmap = pixmap_from_array(image)
         self._rescale()
+
+    def clear_image(self, text: str = "") -> None:
+        self._pixmap = None
+        self.clear()
+        self.setText(text)
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
@@ -281,6 +312,7 @@ class LiveCurves(QWidget):
 
         self._dirty = False
         training_curves_figure(self.history, title="Loss and accuracy per epoch", fig=self.figure)
+        _integer_epochs(self.figure)
         self.canvas.draw_idle()
         self.redraws += 1
 
@@ -418,119 +450,130 @@ class DataPage(QWidget):
         return [self.problems.topLevelItem(i).text(0) for i in range(self.problems.topLevelItemCount())]
 
 
-def _config_defaults() -> dict[str, Any]:
-    """TrainingConfig's own defaults: the engine is the single source of them."""
-    from xrayviewer.training.engine import TrainingConfig
-
-    out = {}
-    for f in dataclasses.fields(TrainingConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
 class SettingsPage(QWidget):
-    """Hyper-parameters with the engine's defaults and a tooltip each."""
+    """Hyper-parameters with the engine's own defaults (a default TrainingConfig) and a tooltip each."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        from xrayviewer.model.backbone import DEFAULT_BASE_ID, available_bases
+        from xrayviewer.model.backbone import available_bases
+        from xrayviewer.training.engine import TrainingConfig
+        from xrayviewer.training.features import Augmentation
 
-        d = _config_defaults()
-        self.defaults = d
+        d = TrainingConfig()
+        aug = d.augmentation or Augmentation()
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
 
         self.base = QComboBox()
         for base_id, spec in available_bases().items():
             self.base.addItem(spec.description, base_id)
-        self.base.setCurrentIndex(max(0, self.base.findData(d.get("base_id", DEFAULT_BASE_ID))))
-        self.base.setToolTip("The frozen conv base. Its features are computed once per image and cached; "
-                             "only the small head on top is trained.")
+        self.base.setCurrentIndex(max(0, self.base.findData(d.base_id)))
+        self.base.setToolTip("The frozen conv base. Its features are computed once per image (and variant) and "
+                             "cached, so each epoch trains only the small head on top.")
         form.addRow("Base", self.base)
 
-        self.epochs = _spin(1, 1000, d.get("epochs", 25), "Passes over the training images. Head epochs on cached "
-                            "features are fast; early stopping may end sooner.")
+        self.epochs = _spin(1, 1000, d.epochs, "Passes over the training images. Epochs on cached features take "
+                            "a fraction of a second; early stopping may end sooner.")
         form.addRow("Epochs", self.epochs)
-        self.batch_size = _spin(1, 1024, d.get("batch_size", 8), "Images per gradient step.")
+        self.batch_size = _spin(1, 1024, d.batch_size, "Images (feature vectors) per gradient step.")
         form.addRow("Batch size", self.batch_size)
         self.learning_rate = QDoubleSpinBox()
-        self.learning_rate.setDecimals(6)
-        self.learning_rate.setRange(1e-6, 1.0)
+        self.learning_rate.setDecimals(5)
+        self.learning_rate.setRange(1e-5, 1.0)
         self.learning_rate.setSingleStep(1e-4)
-        self.learning_rate.setValue(float(d.get("learning_rate", 1e-3)))
-        self.learning_rate.setToolTip("Adam learning rate for the head (the last conv block, if fine-tuned, "
-                                      "uses a tenth of it).")
+        self.learning_rate.setValue(d.learning_rate)
+        self.learning_rate.setToolTip("Adam learning rate of the head.")
         form.addRow("Learning rate", self.learning_rate)
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.05, 0.5)
         self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(float(d.get("val_fraction", 0.2)))
-        self.val_fraction.setToolTip("Share of patients held out for validation; every metric on the Results page "
-                                     "is measured on them only.")
+        self.val_fraction.setValue(d.val_fraction)
+        self.val_fraction.setToolTip("Share of patients held out for validation. Every metric on the Results page "
+                                     "is measured on them only, and temperature scaling is fitted on them.")
         form.addRow("Validation fraction", self.val_fraction)
-        self.seed = _spin(0, 2**31 - 1, d.get("seed", 42), "Random seed of the split, the augmentation and the "
-                          "head's initial weights: the same seed gives the same run.")
+        self.seed = _spin(0, 2**31 - 1, d.seed, "Seed of the split and of the head's initial weights: the same "
+                          "seed and settings give the same split.")
         form.addRow("Seed", self.seed)
 
-        self.split_by_patient = QCheckBox("Split by patient (no patient in both training and validation)")
-        self.split_by_patient.setChecked(d.get("split_by", "patient") == "patient")
-        self.split_by_patient.setToolTip("Images of one patient look alike; putting them on both sides of the split "
-                                         "inflates every metric.")
+        self.split_by_patient = QCheckBox("Split by patient (no patient on both sides of the split)")
+        self.split_by_patient.setChecked(d.split_by != "file")
+        self.split_by_patient.setToolTip("Images of one patient look alike; letting them land on both sides of the "
+                                         "split inflates every metric.")
         self.patient_origin = QLabel()
         self.patient_origin.setWordWrap(True)
-        self.patient_pattern = QLineEdit(str(d.get("patient_pattern") or ""))
-        self.patient_pattern.setToolTip("Regular expression applied to file names; its first group (or the whole "
-                                        "match) is the patient id. Files it does not match count as one patient each.")
+        from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN
+
+        self.default_pattern = d.patient_pattern or DEFAULT_PATIENT_PATTERN   # what discover_dataset applied
+        self.patient_pattern = QLineEdit(self.default_pattern)
+        self.patient_pattern.setPlaceholderText(r"e.g. ^(?P<patient>[^_]+)_  (a regular expression)")
+        self.patient_pattern.setToolTip("Regular expression searched in each file name: its group named 'patient' "
+                                        "(or its first group, or the whole match) is the patient id. Files it does "
+                                        "not match count as one patient each. Not used when the folder has a "
+                                        "manifest.csv with a patient_id column.")
         self.patient_pattern.textChanged.connect(self._update_patient_origin)
         self.split_by_patient.toggled.connect(self._update_patient_origin)
         split_box = QVBoxLayout()
         split_box.addWidget(self.split_by_patient)
-        split_box.addWidget(self.patient_origin)
         pattern_row = QHBoxLayout()
-        pattern_row.addWidget(QLabel("File-name pattern:"))
+        pattern_row.addWidget(QLabel("Patient id from file names:"))
         pattern_row.addWidget(self.patient_pattern, 1)
         split_box.addLayout(pattern_row)
+        split_box.addWidget(self.patient_origin)
         form.addRow("Split", split_box)
 
         self.class_weights = QCheckBox("Weight classes by inverse frequency")
-        self.class_weights.setChecked(bool(d.get("class_weights", True)))
-        self.class_weights.setToolTip("Counters class imbalance: errors on a rare class cost as much in total as "
+        self.class_weights.setChecked(d.class_weights)
+        self.class_weights.setToolTip("For imbalanced folders: errors on a rare class then cost as much in total as "
                                       "errors on a common one.")
         form.addRow("Class weights", self.class_weights)
-        self.early_stopping = QCheckBox("Stop when the validation loss stops improving (best epoch kept)")
-        self.early_stopping.setChecked(bool(d.get("early_stopping", True)))
-        self.early_stopping.setToolTip("Ends training once the validation loss has not improved for a few epochs "
-                                       "and restores the weights of the best epoch.")
-        form.addRow("Early stopping", self.early_stopping)
+        self.early_stopping = QCheckBox("Stop when the validation loss stops improving (keeps the best epoch)")
+        self.early_stopping.setChecked(d.early_stopping)
+        self.early_stopping.setToolTip("Ends training once the validation loss has not improved for 'patience' "
+                                       "epochs and restores the weights of the best epoch.")
+        self.patience = _spin(1, 100, d.patience, "Epochs without improvement of the validation loss before "
+                              "training stops.")
+        self.early_stopping.toggled.connect(self.patience.setEnabled)
+        stop_row = QHBoxLayout()
+        stop_row.addWidget(self.early_stopping)
+        stop_row.addWidget(QLabel("patience:"))
+        stop_row.addWidget(self.patience)
+        stop_row.addStretch(1)
+        form.addRow("Early stopping", stop_row)
 
-        self.augmentation = QCheckBox("Augment: rotation ±15°, zoom, shear, shift")
-        self.augmentation.setChecked(bool(d.get("augmentation", True)))
-        self.augmentation.setToolTip("Each variant is a randomly rotated (±15°), zoomed, sheared and shifted copy "
-                                     "of the image; the base runs once per variant and the features are cached.")
-        self.hflip = QCheckBox("Also flip horizontally")
-        self.hflip.setChecked(bool(d.get("horizontal_flip", False)))
-        self.hflip.setToolTip("Off by default: a horizontal flip swaps the heart and lung sides, which real chest "
-                              "radiographs never do.")
-        self.variants = _spin(1, 64, d.get("variants", 1), "K augmented variants per image, computed once and "
-                              "cached. More variants: slower first run, more varied training data.")
+        self.augmentation = QCheckBox(f"Rotation ±{aug.rotation_deg:g}°, zoom ±{aug.zoom:.0%}, "
+                                      f"shear ±{aug.shear_deg:g}°, shift ±{aug.shift:.0%}")
+        self.augmentation.setChecked(d.augmentation is not None)
+        self.augmentation.setToolTip("Random affine variants of each training image (seeded by the file's content, "
+                                     "so a file gets the same variants every run). The base runs once per variant "
+                                     "and the features are cached.")
+        self.hflip = QCheckBox("Horizontal flip")
+        self.hflip.setChecked(aug.horizontal_flip)
+        self.hflip.setToolTip("Off by default: a horizontal flip swaps the heart and lung sides (the heart would "
+                              "sit on the right), which real PA/AP chest radiographs never show.")
+        self.variants = _spin(1, 64, d.variants, "K feature variants per training image (variant 0 is the image "
+                              "itself). More variants: slower first run, more varied training data; later runs "
+                              "read them from the cache.")
+        self.augmentation.toggled.connect(self.hflip.setEnabled)
+        self.augmentation.toggled.connect(self.variants.setEnabled)
         aug_box = QVBoxLayout()
         aug_box.addWidget(self.augmentation)
-        aug_box.addWidget(self.hflip)
-        variants_row = QHBoxLayout()
-        variants_row.addWidget(QLabel("Variants per image (K):"))
-        variants_row.addWidget(self.variants)
-        variants_row.addStretch(1)
-        aug_box.addLayout(variants_row)
-        self.augmentation.toggled.connect(self.hflip.setEnabled)
+        aug_row = QHBoxLayout()
+        aug_row.addWidget(self.hflip)
+        aug_row.addSpacing(24)
+        aug_row.addWidget(QLabel("Variants per image (K):"))
+        aug_row.addWidget(self.variants)
+        aug_row.addStretch(1)
+        aug_box.addLayout(aug_row)
         form.addRow("Augmentation", aug_box)
 
         self.finetune_last_block = QCheckBox("Also fine-tune the last conv block (slower, lower learning rate)")
-        self.finetune_last_block.setChecked(bool(d.get("finetune_last_block", False)))
-        self.finetune_last_block.setToolTip("Off by default. Runs the whole network on every batch, so it is many "
-                                            "times slower than training the head on cached features.")
+        self.finetune_last_block.setChecked(d.finetune_last_block)
+        self.finetune_last_block.setToolTip("Runs the whole network on every batch instead of cached features: "
+                                            "many times slower, and it uses a lower learning rate for the block.")
+        unavailable = _unsupported_reason(finetune_last_block=True)
+        if unavailable:
+            self.finetune_last_block.setEnabled(False)
+            self.finetune_last_block.setToolTip(f"Not available: {unavailable}")
         form.addRow("Fine-tuning", self.finetune_last_block)
 
         layout = QVBoxLayout(self)
@@ -540,8 +583,21 @@ class SettingsPage(QWidget):
         self._update_patient_origin()
 
     def set_dataset(self, dataset: Any) -> None:
+        """A newly checked folder: say where its patient ids come from."""
         self.dataset = dataset
         self._update_patient_origin()
+
+    def split_by(self) -> str:
+        """The engine's split_by: auto (the dataset's own ids), pattern (only when the user edited it), or file."""
+        if not self.split_by_patient.isChecked():
+            return "file"
+        origin = getattr(self.dataset, "patient_id_origin", None)
+        pattern = self.patient_pattern.text().strip()
+        if origin != "manifest" and not pattern:
+            return "file"
+        if origin != "manifest" and pattern != self.default_pattern:
+            return "pattern"
+        return "auto"
 
     def _update_patient_origin(self) -> None:
         """Say which patient ids the split uses: manifest column, the (editable) file-name pattern, or per file."""
@@ -549,57 +605,77 @@ class SettingsPage(QWidget):
         origin = getattr(self.dataset, "patient_id_origin", None)
         self.patient_pattern.setEnabled(by_patient and origin != "manifest")
         if not by_patient:
-            text = "Images are split one by one: images of one patient may land on both sides."
+            text = "Split file by file: images of one patient may land on both sides, which flatters the metrics."
         elif self.dataset is None:
-            text = "Patient ids: from manifest.csv if the folder has one, else from the file-name pattern, else per file."
+            text = ("Patient ids come from the folder's manifest.csv if it has one, else from the file-name pattern, "
+                    "else each file is its own patient.")
         elif origin == "manifest":
-            text = "Patient ids come from the patient_id column of the folder's manifest.csv."
-        else:
+            text = "Using patient ids from the patient_id column of the folder's manifest.csv."
+        elif self.split_by() == "pattern":
             text = self._pattern_summary()
+        elif origin == "pattern":
+            n_patients = len({item.patient_id for item in self.dataset.items})
+            text = (f"Using patient ids from the file names (the pattern above): {n_patients} patients among "
+                    f"{len(self.dataset.items)} images. Edit the pattern if your file names carry the id differently.")
+        else:
+            text = ("Using one patient per file: no manifest.csv, and the pattern finds no patient id in the file "
+                    "names. If one patient has several images, edit the pattern to extract the id.")
         self.patient_origin.setText(text)
 
     def _pattern_summary(self) -> str:
-        pattern = self.patient_pattern.text()
-        items = list(getattr(self.dataset, "items", []))
-        try:
-            regex = re.compile(pattern) if pattern else None
-        except re.error as exc:
-            return f"<span style='color:#b00020'>The pattern is not a valid regular expression: {exc}</span>"
-        matched = sum(1 for it in items if regex is not None and regex.search(Path(it.path).name))
-        if not matched:
-            return "No file name matches the pattern: each file counts as its own patient."
-        return (f"Patient ids from file names: the pattern matches {matched} of {len(items)} files "
-                f"(the rest count as one patient each).")
+        from xrayviewer.training.engine import TrainingError, patient_groups
 
-    def pattern_is_valid(self) -> bool:
+        try:
+            groups, _origin = patient_groups(self.dataset, self.config())
+        except (TrainingError, re.error) as exc:
+            return f"<span style='color:#b00020'>{exc}</span>"
+        matched = sum(1 for g in groups if g.startswith("pattern:"))
+        if not matched:
+            return "The pattern matches no file name: each file counts as its own patient."
+        return (f"Using patient ids from file names: the pattern matches {matched} of {len(groups)} files "
+                f"({len(set(groups))} patients; files it does not match count as one patient each).")
+
+    def pattern_error(self) -> str:
+        """'' when the pattern is usable, else why not."""
         try:
             re.compile(self.patient_pattern.text())
-        except re.error:
-            return False
-        return True
+        except re.error as exc:
+            return f"The patient file-name pattern is not a valid regular expression: {exc}"
+        return ""
 
     def config(self):
         """The TrainingConfig the widgets describe."""
         from xrayviewer.training.engine import TrainingConfig
+        from xrayviewer.training.features import Augmentation
 
-        values = {
-            "base_id": self.base.currentData(),
-            "epochs": self.epochs.value(),
-            "batch_size": self.batch_size.value(),
-            "learning_rate": self.learning_rate.value(),
-            "val_fraction": self.val_fraction.value(),
-            "seed": self.seed.value(),
-            "split_by": "patient" if self.split_by_patient.isChecked() else "file",
-            "patient_pattern": self.patient_pattern.text() or None,
-            "class_weights": self.class_weights.isChecked(),
-            "early_stopping": self.early_stopping.isChecked(),
-            "augmentation": self.augmentation.isChecked(),
-            "horizontal_flip": self.augmentation.isChecked() and self.hflip.isChecked(),
-            "variants": self.variants.value(),
-            "finetune_last_block": self.finetune_last_block.isChecked(),
-        }
-        known = {f.name for f in dataclasses.fields(TrainingConfig)}
-        return TrainingConfig(**{k: v for k, v in values.items() if k in known})
+        return TrainingConfig(
+            base_id=self.base.currentData(),
+            epochs=self.epochs.value(),
+            batch_size=self.batch_size.value(),
+            learning_rate=self.learning_rate.value(),
+            val_fraction=self.val_fraction.value(),
+            seed=self.seed.value(),
+            split_by=self.split_by(),
+            patient_pattern=self.patient_pattern.text().strip() or None,
+            class_weights=self.class_weights.isChecked(),
+            early_stopping=self.early_stopping.isChecked(),
+            patience=self.patience.value(),
+            augmentation=(Augmentation(horizontal_flip=self.hflip.isChecked())
+                          if self.augmentation.isChecked() else None),
+            variants=self.variants.value(),
+            finetune_last_block=self.finetune_last_block.isChecked(),
+        )
+
+
+def _unsupported_reason(**settings: Any) -> str:
+    """'' when the engine accepts these settings, else its reason (e.g. an option this version does not have)."""
+    from xrayviewer.training.engine import TrainingConfig, TrainingError
+
+    try:
+        TrainingConfig(**settings).check()
+    except TrainingError as exc:
+        return str(exc)
+    return ""
 
 
 def _spin(lo: int, hi: int, value: Any, tip: str) -> QSpinBox:
@@ -653,10 +729,10 @@ class TrainingPage(QWidget):
         if kind == "stage":
             self.stage.setText(str(event.get("text", "")))
             self.append_log(str(event.get("text", "")))
-            if "total" in event and "current" in event:
-                self.bar.setFormat("%v / %m")
-                self.bar.setRange(0, int(event["total"]))
-                self.bar.setValue(int(event["current"]))
+        elif kind == "features":
+            self.bar.setFormat("base features %v / %m")
+            self.bar.setRange(0, int(event.get("total", 0)))
+            self.bar.setValue(int(event.get("done", 0)))
         elif kind == "batch":
             self.bar.setFormat("batch %v / %m")
             self.bar.setRange(0, int(event.get("batches", 0)))
@@ -713,7 +789,7 @@ PER_CLASS_COLUMNS = (("precision", "Precision"), ("recall", "Recall"), ("f1", "F
 
 
 class ModelColumn(QWidget):
-    """One model's metrics: a summary line and the per-class table."""
+    """One model's metrics: a summary, the per-class table and the confusion matrix."""
 
     def __init__(self, title: str, parent: QWidget | None = None):
         super().__init__(parent)
@@ -726,25 +802,30 @@ class ModelColumn(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setToolTip("One-vs-rest per class on the validation split. Sensitivity = recall; specificity = "
+                              "share of the other classes' images not called this class.")
+        self.confusion = FigureView("")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
         layout.addWidget(self.summary)
-        layout.addWidget(self.table, 1)
+        layout.addWidget(self.table)
+        layout.addWidget(self.confusion, 1)
 
     def show_message(self, title: str, text: str) -> None:
         self.title.setText(f"<b>{title}</b>")
         self.summary.setText(text)
         self.table.setRowCount(0)
+        self.table.setVisible(False)
+        self.confusion.clear_image()
 
     def show_report(self, report: ModelReport) -> None:
-        self.title.setText(f"<b>{report.title}</b>")
         if report.error or report.metrics is None:
-            self.summary.setText(report.error or "No metrics.")
-            self.table.setRowCount(0)
+            self.show_message(report.title, report.error or "No metrics.")
             return
+        self.title.setText(f"<b>{report.title}</b>")
         m = report.metrics
-        self.summary.setText(summary_text(m))
+        self.summary.setText(summary_text(m) + (f"<br>{report.calibration}" if report.calibration else ""))
         per_class = m.get("per_class", {})
         self.table.setRowCount(len(per_class))
         self.table.setVerticalHeaderLabels(list(per_class))
@@ -755,10 +836,22 @@ class ModelColumn(QWidget):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, item)
+        self.table.setVisible(True)
+        self._fit_table_height()
+        if "confusion" in report.figures:
+            self.confusion.set_image(report.figures["confusion"])
+
+    def _fit_table_height(self) -> None:
+        """As tall as its rows (up to 8, then it scrolls), so the confusion matrix gets the rest."""
+        self.table.resizeRowsToContents()
+        rows = min(self.table.rowCount(), 8)
+        height = self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
+        height += sum(self.table.rowHeight(r) for r in range(rows))
+        self.table.setFixedHeight(height)
 
 
 def summary_text(m: dict) -> str:
-    """Accuracy, macro F1 / AUC and calibration in one line a person reads at a glance."""
+    """Accuracy, balanced accuracy, macro F1 / AUC in one line a person reads at a glance."""
     parts = [f"Accuracy {_fmt(m.get('accuracy'))}"]
     if m.get("balanced_accuracy") is not None:
         parts.append(f"balanced accuracy {_fmt(m['balanced_accuracy'])}")
@@ -767,16 +860,17 @@ def summary_text(m: dict) -> str:
         parts.append(f"macro F1 {_fmt(sum(f1s) / len(f1s))}")
     if m.get("macro_auc") is not None:
         parts.append(f"macro AUC {_fmt(m['macro_auc'])}")
-    if m.get("ece") is not None:
-        ece = f"ECE {_fmt(m['ece'])}"
-        if m.get("ece_calibrated") is not None:
-            ece += f" → {_fmt(m['ece_calibrated'])} after temperature scaling"
-            if m.get("temperature") is not None:
-                ece += f" (T = {_fmt(m['temperature'], 2)})"
-        parts.append(ece)
     if m.get("n") is not None:
         parts.append(f"{int(m['n'])} validation images")
     return " · ".join(parts)
+
+
+# Figure tabs: (tab title, ((which model, figure key), ...)) — each view shows one rendered figure.
+FIGURE_TABS = (
+    ("ROC curves", (("new", "roc"), ("active", "roc"))),
+    ("Calibration", (("new", "reliability_raw"), ("new", "reliability"), ("active", "reliability"))),
+    ("Training curves", (("new", "curves"),)),
+)
 
 
 class ResultsPage(QWidget):
@@ -790,16 +884,17 @@ class ResultsPage(QWidget):
         self.new_column = ModelColumn("New model")
         self.active_column = ModelColumn("Active model")
         cols.addWidget(self.new_column, 1)
+        cols.addSpacing(12)
         cols.addWidget(self.active_column, 1)
         self.tabs.addTab(metrics_tab, "Metrics")
-        self.figure_views: dict[str, tuple[FigureView, FigureView]] = {}
-        for key, title in FIGURES:
+        self.figure_views: list[tuple[str, str, FigureView]] = []
+        for title, views in FIGURE_TABS:
             tab = QWidget()
             row = QHBoxLayout(tab)
-            pair = (FigureView("…"), FigureView("…"))
-            row.addWidget(pair[0], 1)
-            row.addWidget(pair[1], 1)
-            self.figure_views[key] = pair
+            for which, key in views:
+                view = FigureView("…")
+                row.addWidget(view, 1)
+                self.figure_views.append((which, key, view))
             self.tabs.addTab(tab, title)
 
         self.name_edit = QLineEdit()
@@ -825,9 +920,8 @@ class ResultsPage(QWidget):
     def reset(self) -> None:
         self.new_column.show_message("New model", "Preparing the results…")
         self.active_column.show_message("Active model", "Evaluating the active model on the same validation split…")
-        for new_view, active_view in self.figure_views.values():
-            new_view.setText("…")
-            active_view.setText("…")
+        for _which, _key, view in self.figure_views:
+            view.clear_image("…")
         self.save_status.setText("")
         self.use_button.setEnabled(False)
         self.save_button.setEnabled(False)
@@ -838,23 +932,14 @@ class ResultsPage(QWidget):
             self.active_column.show_message("Active model", "No model is active in the viewer: nothing to compare.")
         else:
             self.active_column.show_report(active)
-        for key, (new_view, active_view) in self.figure_views.items():
-            _show_figure(new_view, new, key)
-            if active is None:
-                active_view.setText("No active model to compare.")
+        for which, key, view in self.figure_views:
+            report = new if which == "new" else active
+            if report is None:
+                view.clear_image("No model is active in the viewer: nothing to compare.")
+            elif key in report.figures:
+                view.set_image(report.figures[key])
             else:
-                _show_figure(active_view, active, key)
-
-
-def _show_figure(view: FigureView, report: ModelReport, key: str) -> None:
-    if key in report.figures:
-        view.set_image(report.figures[key])
-    elif report.error:
-        view.setText(report.error)
-    elif key == "curves":
-        view.setText("Training curves exist for the new model only.")
-    else:
-        view.setText("Not available.")
+                view.clear_image(report.error or "Not available.")
 
 
 # ---------------------------------------------------------------- the dialog
@@ -927,7 +1012,7 @@ class TrainingDialog(QDialog):
         index, training = self.page_index, self.is_training()
         check = self.data_page.result
         dataset_ok = check is not None and bool(check.dataset.ok)
-        self.back_button.setVisible(index in (1, 3))
+        self.back_button.setVisible(index in (1, 2, 3))
         self.back_button.setEnabled(not training)
         self.next_button.setVisible(index == 0)
         self.next_button.setEnabled(dataset_ok)
@@ -938,7 +1023,8 @@ class TrainingDialog(QDialog):
         self.cancel_button.setEnabled(training)
 
     def _back(self) -> None:
-        self._go(1 if self.page_index == 3 else max(0, self.page_index - 1))
+        """Results and Training go back to Settings (to change something and train again)."""
+        self._go(0 if self.page_index == 1 else 1)
 
     def _next(self) -> None:
         self._go(min(self.page_index + 1, 1))
@@ -955,9 +1041,10 @@ class TrainingDialog(QDialog):
         check = self.data_page.result
         if check is None or not check.dataset.ok or self.is_training():
             return
-        if not self.settings_page.pattern_is_valid():
+        problem = self.settings_page.pattern_error()
+        if problem:
             self._go(1)
-            QMessageBox.warning(self, "Training", "The patient file-name pattern is not a valid regular expression.")
+            self.settings_page.patient_origin.setText(f"<span style='color:#b00020'>{problem}</span>")
             return
         config = self.settings_page.config()
         self.result = None
@@ -1055,6 +1142,7 @@ class TrainingDialog(QDialog):
         self.saved_path = Path(path)
         self.results_page.save_status.setText(f"Saved “{self.results_page.name_edit.text().strip()}” to {path}")
         self.results_page.use_button.setEnabled(hasattr(self.window_, "use_model"))
+        self.results_page.save_button.setEnabled(True)   # another copy under another name is fine; same name is not
 
     def _on_save_error(self, exc: BaseException) -> None:
         self.results_page.save_status.setText(f"Not saved: {exc}")
@@ -1065,24 +1153,35 @@ class TrainingDialog(QDialog):
             self.window_.use_model(self.saved_path)
 
     # closing -------------------------------------------------------------------------------------------------
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        if self.is_training():
-            answer = QMessageBox.question(self, "Training is running",
-                                          "Stop the training and close? Nothing will be saved.",
-                                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                          QMessageBox.StandardButton.No)
-            if answer == QMessageBox.StandardButton.Yes:
-                self._close_when_stopped = True   # closes from _on_train_finished: the GUI never waits here
-                self.cancel_training()
-            event.ignore()
-            return
+    def _may_close(self) -> bool:
+        """True when nothing is training. While training, ask; on "Yes" cancel and close once the worker stopped."""
+        if not self.is_training():
+            return True
+        answer = QMessageBox.question(self, "Training is running",
+                                      "Stop the training and close? Nothing will be saved.",
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        if answer == QMessageBox.StandardButton.Yes:
+            self._close_when_stopped = True   # closes from _on_train_finished: the GUI thread never waits
+            self.cancel_training()
+        return False
+
+    def _stop_helpers(self) -> None:
         for worker in (self.data_page.worker, self.report_worker):
             if worker is not None:
                 worker.cancel()
-        super().closeEvent(event)
 
-    def reject(self) -> None:  # Esc goes through closeEvent's question too
-        self.close()
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override (window close button, close())
+        if not self._may_close():
+            event.ignore()
+            return
+        self._stop_helpers()
+        super().closeEvent(event)         # QDialog's closeEvent calls reject()
+
+    def reject(self) -> None:  # Esc and QDialog's own close path
+        if self._may_close():
+            self._stop_helpers()
+            super().reject()
 
 
 # ---------------------------------------------------------------- install into the main window

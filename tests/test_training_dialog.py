@@ -1,0 +1,418 @@
+"""Training dialog, offscreen: folder check (counts, thumbnails, every problem), settings defaults, a short REAL
+training run to the results page (synthetic twin + a real subset from ../shared), cancel, close-while-training,
+Save / Use in viewer, and `install` on a window."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PySide6.QtWidgets import QMenu, QMessageBox, QWidget
+
+from xrayviewer.model.bundle import load_bundle, save_bundle
+from xrayviewer.paths import user_models_dir
+from xrayviewer.ui import training_dialog
+from xrayviewer.ui.training_dialog import TrainingDialog, install
+from xrayviewer.ui.workers import active_workers
+
+TRAIN_TIMEOUT_MS = 240_000
+# Images per class in the tiny training sets. 6 would do for the dialog, but the engine's OOD fit needs >= 10
+# training images (with 6 per class the split leaves 9).
+PER_CLASS = 8
+
+
+# ---------------------------------------------------------------- synthetic data
+
+def _radiograph(kind: str, index: int, size: int = 96) -> np.ndarray:
+    """A learnable toy: 'clear' has two dark lung fields; 'opaque' has one lung whited out. Noise differs per file."""
+    rng = np.random.default_rng(index + (0 if kind == "clear" else 1000))
+    img = np.full((size, size), 200, np.uint8)
+    cv2.ellipse(img, (30, 50), (14, 30), 0, 0, 360, 60, -1)
+    cv2.ellipse(img, (66, 50), (14, 30), 0, 0, 360, 60 if kind == "clear" else 185, -1)
+    noise = rng.integers(0, 25, img.shape, dtype=np.uint8)
+    return cv2.add(img, noise)
+
+
+def make_dataset(root: Path, per_class: int = 6, classes=("clear", "opaque")) -> Path:
+    for label in classes:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            cv2.imwrite(str(root / label / f"p{i:02d}{label[0]}_{i}.png"), _radiograph(label, i))
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean_dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("clean"), per_class=PER_CLASS)
+
+
+@pytest.fixture()
+def problem_dataset(tmp_path) -> Path:
+    """Imbalanced, a class under 10 images, one file in two classes, an unreadable file, a folder that is no class."""
+    root = make_dataset(tmp_path / "problems", per_class=6, classes=("clear",))
+    make_dataset(root, per_class=24, classes=("opaque",))
+    shutil.copy(root / "opaque" / "p00o_0.png", root / "clear" / "copied.png")
+    (root / "opaque" / "broken.png").write_bytes(b"this is not a png at all")
+    (root / "notes").mkdir()
+    (root / "notes" / "readme.txt").write_text("not images")
+    return root
+
+
+class FakeModelService:
+    def __init__(self, bundle_path=None):
+        self.bundle_path = bundle_path
+
+
+class FakeWindow(QWidget):
+    """What the dialog needs of the main window: menu(name), model_service.bundle_path, use_model(path)."""
+
+    def __init__(self, bundle_path=None):
+        super().__init__()
+        self.menus: dict[str, QMenu] = {}
+        self.model_service = FakeModelService(bundle_path)
+        self.used: list[Path] = []
+
+    def menu(self, name: str) -> QMenu:
+        return self.menus.setdefault(name, QMenu(name, self))
+
+    def use_model(self, path) -> None:
+        self.used.append(Path(path))
+
+
+def _open(qtbot, window=None) -> TrainingDialog:
+    dialog = TrainingDialog(window)
+    if window is not None:
+        qtbot.addWidget(window)       # closes and deletes the window, and with it its child dialog
+    else:
+        qtbot.addWidget(dialog)
+    dialog.show()
+    return dialog
+
+
+def _check(qtbot, dialog: TrainingDialog, folder: Path) -> None:
+    dialog.data_page.set_folder(folder)
+    qtbot.waitUntil(lambda: dialog.data_page.result is not None, timeout=20000)
+
+
+def _wait_idle(qtbot) -> None:
+    qtbot.waitUntil(lambda: not active_workers(), timeout=20000)
+
+
+def _user_models() -> list[str]:
+    folder = user_models_dir()
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture(autouse=True)
+def _no_real_message_boxes(monkeypatch):
+    """A modal box would hang offscreen; a test that expects one patches it itself."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"unexpected message box: {args[1:3]}")
+
+    for name in ("question", "warning", "critical", "information"):
+        monkeypatch.setattr(QMessageBox, name, staticmethod(refuse))
+
+
+# ---------------------------------------------------------------- data page
+
+def test_folder_check_shows_counts_thumbnails_and_every_problem(qtbot, problem_dataset):
+    from xrayviewer.imaging import discover_dataset
+
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, problem_dataset)
+    expected = discover_dataset(problem_dataset)
+    assert expected.problems, "the fixture should have problems"
+    shown = "\n".join(dialog.data_page.problem_texts())
+    for problem in expected.problems:
+        assert problem.message in shown
+    for needle in ("unreadable", "2 classes", "not a class", "only 7 images"):
+        assert needle in shown, needle
+    # counts per class and a few thumbnails each
+    labels = [dialog.data_page.classes_grid.itemAtPosition(r, 0).widget().text() for r in range(2)]
+    assert any("clear" in t and "7 images" in t for t in labels), labels
+    assert any("opaque" in t and "24 images" in t for t in labels), labels
+    thumbs = dialog.data_page.classes_grid.itemAtPosition(0, 1).widget()
+    assert thumbs.pixmap() is not None and not thumbs.pixmap().isNull()
+    # the unreadable file is listed under its problem
+    tree = dialog.data_page.problems
+    unreadable = next(tree.topLevelItem(i) for i in range(tree.topLevelItemCount())
+                      if "unreadable" in tree.topLevelItem(i).text(0))
+    assert any("broken.png" in unreadable.child(i).text(0) for i in range(unreadable.childCount()))
+    _wait_idle(qtbot)
+
+
+def test_dataset_with_errors_disables_start(qtbot, problem_dataset):
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, problem_dataset)
+    assert not dialog.data_page.result.dataset.ok
+    assert not dialog.start_button.isEnabled() and not dialog.next_button.isEnabled()
+    assert "error" in dialog.data_page.status.text()
+    dialog.start_training()                       # even called directly, nothing starts
+    assert dialog.train_worker is None and dialog.page_index == 0
+
+
+def test_missing_folder_is_an_error_not_a_crash(qtbot, tmp_path):
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, tmp_path / "nope")
+    assert not dialog.start_button.isEnabled()
+    assert any("not found" in t for t in dialog.data_page.problem_texts())
+
+
+def test_clean_dataset_enables_start_and_settings_have_sensible_defaults(qtbot, clean_dataset):
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, clean_dataset)
+    assert dialog.start_button.isEnabled() and dialog.next_button.isEnabled()
+    s = dialog.settings_page
+    assert (s.epochs.value(), s.batch_size.value(), s.learning_rate.value(), s.val_fraction.value(),
+            s.seed.value()) == (25, 8, 1e-3, 0.2, 42)
+    assert not s.hflip.isChecked() and "heart" in s.hflip.toolTip()
+    assert not s.finetune_last_block.isChecked()
+    assert s.split_by_patient.isChecked()
+    for widget in (s.base, s.epochs, s.batch_size, s.learning_rate, s.val_fraction, s.seed, s.class_weights,
+                   s.early_stopping, s.augmentation, s.variants, s.patient_pattern):
+        assert widget.toolTip(), widget
+    # patient ids: this folder has no manifest, so the file-name pattern is used; editing it changes the split
+    assert "file names" in s.patient_origin.text() and s.config().split_by == "auto"
+    s.patient_pattern.setText(r"^p(\d+)")
+    assert s.config().split_by == "pattern" and "matches 16 of 16" in s.patient_origin.text()
+    s.patient_pattern.setText("(")
+    assert "not a valid regular expression" in s.pattern_error()
+    s.split_by_patient.setChecked(False)
+    assert s.config().split_by == "file"
+
+
+def test_manifest_patient_ids_are_named(qtbot, tmp_path):
+    root = make_dataset(tmp_path / "with_manifest")
+    rows = ["path,label,patient_id"] + [f"{p.relative_to(root).as_posix()},{p.parent.name},pt{i // 2}"
+                                         for i, p in enumerate(sorted(root.rglob("*.png")))]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, root)
+    assert "manifest.csv" in dialog.settings_page.patient_origin.text()
+    assert not dialog.settings_page.patient_pattern.isEnabled()
+
+
+# ---------------------------------------------------------------- real training
+
+@pytest.fixture(scope="module")
+def active_bundle(tmp_path_factory) -> Path:
+    """A model 'active in the viewer' with the synthetic classes (small base, random weights) to compare against."""
+    from xrayviewer.model.architecture import build_classifier
+
+    model = build_classifier("small-cnn", 2, {"units": 8, "dropout": 0.0}, (64, 64))
+    meta = {"name": "Old model", "classes": ["clear", "opaque"], "base": {"id": "small-cnn"}, "temperature": 1.0}
+    return save_bundle(tmp_path_factory.mktemp("active") / "old-model", meta, model)
+
+
+def _quick_settings(dialog: TrainingDialog, epochs: int = 2) -> None:
+    s = dialog.settings_page
+    s.epochs.setValue(epochs)
+    s.variants.setValue(1)
+    s.batch_size.setValue(4)
+
+
+def _train_to_results(qtbot, dialog: TrainingDialog) -> None:
+    dialog.start_training()
+    assert dialog.page_index == 2 and dialog.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: dialog.train_worker.done.is_set(), timeout=TRAIN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: dialog.page_index == 3 or not dialog.is_training(), timeout=5000)
+    qtbot.wait(50)
+    assert dialog.page_index == 3, dialog.training_page.log.toPlainText()
+    qtbot.waitUntil(lambda: dialog.results_page.save_button.isEnabled(), timeout=TRAIN_TIMEOUT_MS)
+
+
+def test_real_training_shows_results_beside_the_active_model_and_saves(qtbot, clean_dataset, active_bundle,
+                                                                       artifacts_dir):
+    window = FakeWindow(active_bundle)
+    dialog = _open(qtbot, window)
+    dialog.resize(1100, 760)
+    _check(qtbot, dialog, clean_dataset)
+    _quick_settings(dialog)
+    _train_to_results(qtbot, dialog)
+
+    page = dialog.training_page
+    assert "Epoch 2 / 2" in page.epoch_label.text()
+    assert page.curves.history["loss"] and page.curves.redraws >= 1
+    assert "validation" in page.log.toPlainText()
+    dialog._go(2)
+    dialog.grab().save(str(artifacts_dir / "training_dialog_training.png"))
+    dialog._go(3)
+
+    results = dialog.results_page
+    new, active = results.new_column, results.active_column
+    assert new.table.rowCount() == 2 and "Accuracy" in new.summary.text() and "ECE" in new.summary.text()
+    assert [new.table.verticalHeaderItem(r).text() for r in range(2)] == ["clear", "opaque"]
+    assert "Old model" in active.title.text() and active.table.rowCount() == 2
+    assert new.confusion._pixmap is not None and active.confusion._pixmap is not None
+    shown = {(which, key) for which, key, view in results.figure_views if view._pixmap is not None}
+    assert shown == {("new", "roc"), ("active", "roc"), ("new", "reliability_raw"), ("new", "reliability"),
+                     ("active", "reliability"), ("new", "curves")}
+    dialog.grab().save(str(artifacts_dir / "training_dialog_results.png"))
+    for index, name in ((1, "roc"), (2, "calibration"), (3, "curves")):
+        results.tabs.setCurrentIndex(index)
+        dialog.grab().save(str(artifacts_dir / f"training_dialog_results_{name}.png"))
+    results.tabs.setCurrentIndex(0)
+
+    # Save: a loadable bundle in the user's models folder, with the name and the metrics
+    before = _user_models()
+    results.name_edit.setText("Synthetic lungs")
+    results.save_button.click()
+    qtbot.waitUntil(lambda: dialog.saved_path is not None, timeout=60000)
+    assert "Saved" in results.save_status.text()
+    bundle = load_bundle(dialog.saved_path)
+    assert bundle.name == "Synthetic lungs" and bundle.classes == ["clear", "opaque"]
+    assert bundle.meta["training"]["data_fingerprint"] and bundle.metrics["validation"]["accuracy"] is not None
+    assert dialog.saved_path.parent == user_models_dir()
+    assert _user_models() == sorted(before + [dialog.saved_path.name])
+
+    # never overwrites silently: the same name again is refused, the saved bundle is untouched
+    stamp = (dialog.saved_path / "model.json").stat().st_mtime_ns
+    dialog.saved_path = None
+    results.save_button.click()
+    assert "already exists" in results.save_status.text()
+    assert (user_models_dir() / "Synthetic-lungs" / "model.json").stat().st_mtime_ns == stamp
+    dialog.saved_path = user_models_dir() / "Synthetic-lungs"
+
+    results.use_button.click()
+    assert window.used == [dialog.saved_path]
+    _wait_idle(qtbot)
+
+
+def test_cancel_mid_training_saves_nothing_and_stops_quickly(qtbot, clean_dataset):
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, clean_dataset)
+    _quick_settings(dialog, epochs=1000)          # features are cached by now: this is all head training
+    dialog.settings_page.early_stopping.setChecked(False)
+    before = _user_models()
+    dialog.start_training()
+    qtbot.waitUntil(lambda: len(dialog.training_page.curves.history["loss"]) >= 2, timeout=TRAIN_TIMEOUT_MS)
+    started = time.monotonic()
+    dialog.cancel_button.click()
+    qtbot.waitUntil(lambda: dialog.train_worker.done.is_set(), timeout=10000)
+    assert time.monotonic() - started < 3.0       # ~1 s asked; slack for a loaded 2-core CI machine
+    qtbot.waitUntil(lambda: "cancelled" in dialog.training_page.stage.text(), timeout=5000)
+    assert dialog.result is None and dialog.page_index == 2
+    assert _user_models() == before
+    assert not [p for p in user_models_dir().parent.rglob(".*") if p.is_dir()]   # no half-written temp bundle
+    dialog.back_button.click()                    # back to the settings, to train again
+    assert dialog.page_index == 1 and dialog.start_button.isEnabled()
+    _wait_idle(qtbot)
+
+
+# ---------------------------------------------------------------- closing while training (controllable fake engine)
+
+class BlockingJob:
+    """Stands in for FineTuneJob: reports epochs until cancelled, like the engine (returns None when cancelled)."""
+
+    started = threading.Event()
+
+    def __init__(self, dataset, config):
+        self.config = config
+
+    def run(self, progress, cancel):
+        BlockingJob.started.set()
+        epoch = 0
+        while not cancel.wait(0.02):
+            epoch += 1
+            progress({"kind": "epoch", "epoch": epoch, "epochs": 10**6, "loss": 1.0 / epoch, "acc": 0.5,
+                      "val_loss": 1.0, "val_accuracy": 0.5, "seconds": 0.02, "eta_seconds": 1e4})
+        return None
+
+
+@pytest.fixture()
+def blocking_engine(monkeypatch):
+    import xrayviewer.training.engine as engine
+
+    BlockingJob.started.clear()
+    monkeypatch.setattr(engine, "FineTuneJob", BlockingJob)
+    return BlockingJob
+
+
+def test_close_while_training_asks_then_cancels_cleanly(qtbot, clean_dataset, blocking_engine, monkeypatch):
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, clean_dataset)
+    dialog.start_training()
+    assert blocking_engine.started.wait(10)
+
+    answers = [QMessageBox.StandardButton.No]
+    asked = []
+
+    def question(*args, **kwargs):
+        asked.append(args[1])
+        return answers.pop(0)
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(question))
+    dialog.close()                                   # "No": keeps training
+    assert asked and dialog.isVisible() and dialog.is_training()
+    answers.append(QMessageBox.StandardButton.Yes)
+    dialog.reject()                                  # Esc asks the same question; "Yes" cancels, then closes
+    assert len(asked) == 2
+    qtbot.waitUntil(lambda: not dialog.isVisible(), timeout=5000)
+    assert not dialog.is_training()
+    _wait_idle(qtbot)
+
+
+def test_live_curves_redraw_at_most_a_few_times_per_second(qtbot):
+    curves = training_dialog.LiveCurves()
+    qtbot.addWidget(curves)
+    start = curves.redraws
+    t0 = time.monotonic()
+    for epoch in range(1, 201):
+        curves.add_epoch({"epoch": epoch, "loss": 1 / epoch, "acc": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+    qtbot.wait(600)
+    elapsed = time.monotonic() - t0
+    assert 1 <= curves.redraws - start <= elapsed * 1000 / training_dialog.CURVE_REDRAW_MS + 2
+    assert len(curves.history["loss"]) == 200
+
+
+# ---------------------------------------------------------------- real subset of ../shared
+
+@pytest.mark.shared
+def test_real_training_on_a_subset_of_real_radiographs(qtbot, shared_data, cxr_manifest, tmp_path):
+    """NIH normal vs pneumonia (one source, so the model cannot cheat by source), 8 patients per class."""
+    root = tmp_path / "nih"
+    for label in ("normal", "pneumonia"):
+        rows = [r for r in cxr_manifest if r["label"] == label and r["source"] == "nih"]
+        seen = set()
+        (root / label).mkdir(parents=True)
+        for row in rows:
+            if row["patient_id"] in seen:
+                continue
+            seen.add(row["patient_id"])
+            shutil.copy(shared_data / "cxr" / row["path"], root / label / Path(row["path"]).name)
+            if len(seen) == PER_CLASS:
+                break
+    dialog = _open(qtbot, FakeWindow())
+    _check(qtbot, dialog, root)
+    assert dialog.data_page.result.dataset.counts() == {"normal": PER_CLASS, "pneumonia": PER_CLASS}
+    assert dialog.start_button.isEnabled()
+    _quick_settings(dialog)
+    _train_to_results(qtbot, dialog)
+    new = dialog.results_page.new_column
+    assert new.table.rowCount() == 2 and "Accuracy" in new.summary.text()
+    assert "No model is active" in dialog.results_page.active_column.summary.text()
+    _wait_idle(qtbot)
+
+
+# ---------------------------------------------------------------- install into a window
+
+def test_install_adds_train_and_models_actions(qtbot, monkeypatch):
+    window = FakeWindow()
+    qtbot.addWidget(window)
+    launcher = install(window)
+    actions = {a.text(): a for a in window.menus["Model"].actions()}
+    assert set(actions) == {"Train…", "Manage models…"}
+    assert actions["Train…"].shortcut().toString() == "Ctrl+T"
+    actions["Train…"].trigger()
+    assert launcher.training_dialog is not None and launcher.training_dialog.isVisible()
+    assert launcher.training_dialog.window_ is window
+    actions["Manage models…"].trigger()
+    assert launcher.models_manager is not None and launcher.models_manager.isVisible()
+    launcher.training_dialog.close()
+    launcher.models_manager.close()
+    _wait_idle(qtbot)
