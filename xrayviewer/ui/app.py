@@ -42,6 +42,9 @@ def dark_palette() -> QPalette:
 
 def configure_app(app: QApplication) -> None:
     """Name, icon, Fusion style with the dark palette and resources/style.qss (also used by tests)."""
+    # Workers run Python-heavy TensorFlow tracing; a shorter GIL switch interval (default 5 ms) lets the GUI
+    # thread, which needs the GIL many times per event-loop turn, get it back quickly.
+    sys.setswitchinterval(0.001)
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName(APP_NAME)
     app.setApplicationVersion(__version__)
@@ -92,23 +95,23 @@ class ScreenshotMode(QObject):
             print(f"screenshot saved: {self.out}")
             self._finish(0)
         else:
-            self._fail(f"could not write the screenshot to {self.out}")
+            self.fail(f"could not write the screenshot to {self.out}")
 
     def _on_image_failed(self, path: str, message: str) -> None:
         if path == self._target() or path == self.select:
-            self._fail(f"{path}: {message}")
+            self.fail(f"{path}: {message}")
 
     def _on_scanned(self, count: int) -> None:
         if count == 0:
-            self._fail("no radiographs found to show")
+            self.fail("no radiographs found to show")
 
     def _on_model_failed(self, path: str, message: str) -> None:
-        self._fail(f"could not load the model {path}: {message}")
+        self.fail(f"could not load the model {path}: {message}")
 
     def _on_timeout(self) -> None:
-        self._fail(f"timed out: the prediction and heatmap were not shown within {self._timer.interval() // 1000} s")
+        self.fail(f"timed out: the prediction and heatmap were not shown within {self._timer.interval() // 1000} s")
 
-    def _fail(self, reason: str) -> None:
+    def fail(self, reason: str) -> None:
         if self.exit_code is None:
             print(f"screenshot failed: {reason}", file=sys.stderr)
             self._finish(1)
@@ -126,21 +129,24 @@ def run_app(args) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_app(app)
     window = MainWindow()
-    window.show()
     screenshot = None
     if getattr(args, "screenshot", None):
+        window.resize(1400, 880)   # the same frame every time, whatever the saved geometry
         screenshot = ScreenshotMode(window, args.screenshot, getattr(args, "select", None))
+    window.show()
 
     def start() -> None:
-        have_model = window.load_initial_model(getattr(args, "model", None))
-        if screenshot is not None and not have_model:
-            screenshot._fail("no model bundle to load (models/default is missing; pass --model DIR)")
-            return
         if getattr(args, "open", None):
             window.open_path(args.open, getattr(args, "select", None))
+        if screenshot is not None and screenshot.exit_code is not None:
+            return   # nothing to show: no need to load TensorFlow
+        have_model = window.load_initial_model(getattr(args, "model", None))
+        if screenshot is not None and not have_model:
+            screenshot.fail("no model bundle to load (models/default is missing; pass --model DIR)")
 
     QTimer.singleShot(0, start)   # after the first paint: the window is on screen before TensorFlow loads
     code = app.exec()
+    window.shutdown(save_settings=screenshot is None)
     if screenshot is not None and screenshot.exit_code is not None:
         return screenshot.exit_code
     return int(code)

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel
                                QStyledItemDelegate, QStyleOptionViewItem, QVBoxLayout, QWidget)
 
 from xrayviewer.results import ResultRow
-from xrayviewer.ui.image_view import qimage_gray
+from xrayviewer.ui.image_view import pixmap_gray
 from xrayviewer.ui.jobs import THUMB_SIDE
 
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -25,9 +25,9 @@ SORT_ROLE = Qt.ItemDataRole.UserRole + 2
 def confidence_colour(confidence: float) -> QColor:
     """Badge colour by confidence band — not by class, so colour never reads as a diagnosis."""
     if confidence >= 0.9:
-        return QColor("#2f6fbf")     # confident
+        return QColor("#1f7a8c")     # confident
     if confidence >= 0.7:
-        return QColor("#5a7fa8")     # moderate
+        return QColor("#4f6d8f")     # moderate
     return QColor("#b07a2a")         # uncertain: look closer
 
 
@@ -113,7 +113,7 @@ class FolderModel(QAbstractListModel):
             return
         item = self.items[i]
         if pixels is not None:
-            item.thumbnail = QPixmap.fromImage(qimage_gray(pixels))
+            item.thumbnail = pixmap_gray(pixels)
         elif error and (item.row is None or not item.row.error):
             item.row = ResultRow(path=path, ground_truth=item.ground_truth, error=error)
         self._changed(i)

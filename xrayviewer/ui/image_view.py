@@ -24,16 +24,17 @@ MIN_ZOOM, MAX_ZOOM = 0.02, 32.0
 WL_PER_PIXEL = 0.003    # window/level change per pixel of right-drag (pixels are 0..1)
 
 
-def qimage_gray(pixels: np.ndarray) -> QImage:
+def pixmap_gray(pixels: np.ndarray) -> QPixmap:
+    """uint8 (rows, cols) -> QPixmap. The QImage only borrows the array's buffer for the conversion."""
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     rows, cols = pixels.shape
-    return QImage(pixels.data, cols, rows, pixels.strides[0], QImage.Format.Format_Grayscale8).copy()
+    return QPixmap.fromImage(QImage(pixels.data, cols, rows, pixels.strides[0], QImage.Format.Format_Grayscale8))
 
 
-def qimage_rgba(rgba: np.ndarray) -> QImage:
+def pixmap_rgba(rgba: np.ndarray) -> QPixmap:
     rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
     rows, cols, _ = rgba.shape
-    return QImage(rgba.data, cols, rows, rgba.strides[0], QImage.Format.Format_RGBA8888).copy()
+    return QPixmap.fromImage(QImage(rgba.data, cols, rows, rgba.strides[0], QImage.Format.Format_RGBA8888))
 
 
 def heatmap_rgba(heatmap: np.ndarray, colormap: str, inside: np.ndarray | None = None) -> np.ndarray:
@@ -81,6 +82,8 @@ class RadiographCanvas(QGraphicsView):
         self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         self.image_item = QGraphicsPixmapItem()
         self.image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        # smooth-scaling a 3000 px radiograph on every repaint is slow: cache it at screen resolution
+        self.image_item.setCacheMode(QGraphicsPixmapItem.CacheMode.DeviceCoordinateCache)
         self.heat_item = QGraphicsPixmapItem()
         self.heat_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
         self.heat_item.setZValue(1)
@@ -101,20 +104,20 @@ class RadiographCanvas(QGraphicsView):
         self.verticalScrollBar().valueChanged.connect(self._emit_scrolled)
 
     # --- content
-    def set_image(self, image: QImage | None) -> None:
-        self.image_item.setPixmap(QPixmap.fromImage(image) if image is not None else QPixmap())
+    def set_image(self, pixmap: QPixmap | None) -> None:
+        self.image_item.setPixmap(pixmap if pixmap is not None else QPixmap())
         rect = QRectF(self.image_item.boundingRect())
         # generous margins so a zoomed or rotated image can be panned to any edge
         margin = max(rect.width(), rect.height())
         self.scene().setSceneRect(rect.adjusted(-margin, -margin, margin, margin))
 
-    def set_heatmap(self, image: QImage | None, image_shape: tuple[int, int] | None = None) -> None:
-        if image is None:
+    def set_heatmap(self, pixmap: QPixmap | None, image_shape: tuple[int, int] | None = None) -> None:
+        if pixmap is None:
             self.heat_item.setPixmap(QPixmap())
             return
-        self.heat_item.setPixmap(QPixmap.fromImage(image))
+        self.heat_item.setPixmap(pixmap)
         rows, cols = image_shape
-        self.heat_item.setTransform(QTransform.fromScale(cols / image.width(), rows / image.height()))
+        self.heat_item.setTransform(QTransform.fromScale(cols / pixmap.width(), rows / pixmap.height()))
 
     def set_outline(self, polygons: list[np.ndarray]) -> None:
         path = QPainterPath()
@@ -314,14 +317,18 @@ class ViewerPane(QWidget):
         if self.image is None:
             return
         key = (round(self.state.center, 4), round(self.state.width, 4), self.state.invert)
-        if key != self._lut_key:
-            ramp = np.linspace(0.0, 1.0, LEVELS, dtype=np.float32)
-            lut = to_uint8(window_level(ramp, self.state.center, self.state.width))
-            self._lut = 255 - lut if self.state.invert else lut
-            self._lut_key = key
-        qimage = qimage_gray(self._lut[self.image.levels])
+        if key == (0.5, 1.0, False):
+            pixels = self.image.display8         # the default window: prepared by the worker
+        else:
+            if key != self._lut_key:
+                ramp = np.linspace(0.0, 1.0, LEVELS, dtype=np.float32)
+                lut = to_uint8(window_level(ramp, self.state.center, self.state.width))
+                self._lut = 255 - lut if self.state.invert else lut
+                self._lut_key = key
+            pixels = np.take(self._lut, self.image.levels)
+        pixmap = pixmap_gray(pixels)             # one conversion, shared by both panes
         for canvas in self.canvases:
-            canvas.set_image(qimage)
+            canvas.set_image(pixmap)
 
     def _schedule_render(self) -> None:
         """Coalesce a burst of window/level changes (right-drag) into one redraw per event-loop turn."""
@@ -335,7 +342,7 @@ class ViewerPane(QWidget):
             self.right.set_heatmap(None)
             return
         inside = ex.lung_mask if (self.lungs_only and ex.lung_mask is not None) else None
-        self.right.set_heatmap(qimage_rgba(heatmap_rgba(ex.heatmap, self.colormap, inside)), self.image.shape)
+        self.right.set_heatmap(pixmap_rgba(heatmap_rgba(ex.heatmap, self.colormap, inside)), self.image.shape)
         self.right.heat_item.setOpacity(self.opacity)
 
     def _render_outline(self) -> None:

@@ -32,6 +32,7 @@ class LoadedImage:
     radiograph: Radiograph
     sha256: str
     levels: np.ndarray          # uint16 (rows, cols) in 0..LEVELS-1
+    display8: np.ndarray        # uint8 at the default window (what is shown first, without a table look-up)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,9 +94,11 @@ def load_image(path: str | Path, cache: LRUCache | None = None) -> LoadedImage:
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit
+    from xrayviewer.imaging.display import to_uint8
+
     radiograph = read_radiograph(path)
     levels = np.rint(np.clip(radiograph.pixels, 0.0, 1.0) * (LEVELS - 1)).astype(np.uint16)
-    loaded = LoadedImage(key, radiograph, file_sha256(path), levels)
+    loaded = LoadedImage(key, radiograph, file_sha256(path), levels, to_uint8(radiograph.pixels))
     if cache is not None:
         cache.put(key, loaded)
     return loaded
@@ -248,15 +251,21 @@ class LoadedModel:
 
 def load_classifier(path: str) -> LoadedModel:
     """Classifier (+ LungSegmenter when models/lungs exists). Slow (TensorFlow import + weights): worker only."""
+    from xrayviewer.imaging.display import colormap_table
     from xrayviewer.model.classifier import Classifier
     from xrayviewer.paths import LUNG_MODEL_DIR
 
+    colormap_table("jet")   # imports matplotlib here, not on the GUI thread at the first heatmap
+    # one warm-up pass traces the compiled functions now, while "Loading model…" shows, not at the first image
+    warm_up = Radiograph.from_array(np.full((64, 64), 0.5, np.float32))
     loaded = LoadedModel(path, Classifier.load(path))
+    loaded.classifier.analyze(warm_up)
     if (Path(LUNG_MODEL_DIR) / "model.json").is_file():
         try:
             from xrayviewer.model.lungs import LungSegmenter
 
             loaded.segmenter = LungSegmenter.load(LUNG_MODEL_DIR)
+            loaded.segmenter.segment(warm_up)
         except Exception as exc:  # noqa: BLE001 - without the lung model the viewer still shows predictions
             loaded.note = f"lung model not loaded: {exc}"
     return loaded

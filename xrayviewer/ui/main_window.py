@@ -58,6 +58,7 @@ class MainWindow(QMainWindow):
         self.io_pool.setMaxThreadCount(2)
         self.model_pool = QThreadPool(self)     # TensorFlow work: one at a time (the classifier holds a lock anyway)
         self.model_pool.setMaxThreadCount(1)
+        self.model_pool.setStackSize(64 << 20)
         self.model_service = ModelService(self.model_pool, self)
         self.session = ImageSession(self.model_service, self.io_pool, self.model_pool, self)
         self._scan = LatestRequest(self.io_pool, priority=20)
@@ -658,11 +659,18 @@ class MainWindow(QMainWindow):
         s.setValue("view/lungs_only", self.viewer.lungs_only)
         s.sync()
 
-    def closeEvent(self, event):  # noqa: N802
+    def shutdown(self, save_settings: bool = True) -> None:
+        """Stop background work (cooperatively; waits a little for the running steps) and remember the settings."""
         from xrayviewer.ui.workers import cancel_all_and_wait
 
-        self.save_settings()
+        if save_settings:
+            self.save_settings()
         self._scan.cancel()
+        for worker in self._thumb_workers:
+            discard(worker)
         self.session.shutdown()
-        cancel_all_and_wait(2000)
+        cancel_all_and_wait(3000)
+
+    def closeEvent(self, event):  # noqa: N802
+        self.shutdown()
         super().closeEvent(event)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QPainter, QPalette, QPen
+from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QFormLayout, QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from xrayviewer import DISCLAIMER
@@ -91,7 +91,9 @@ class ProbabilityBars(QWidget):
     def paintEvent(self, _event):  # noqa: N802
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        fm = p.fontMetrics()
+        bold = p.font()
+        bold.setBold(True)
+        fm = QFontMetrics(bold)     # the predicted class is drawn bold: measure for that
         label_w = max([fm.horizontalAdvance(c) for c in self.classes] + [40]) + 10
         pct_w = fm.horizontalAdvance("100.0 %") + 6
         bar_x, bar_w = label_w, max(20, self.width() - label_w - pct_w - 4)
@@ -121,6 +123,16 @@ class ProbabilityBars(QWidget):
                 p.setPen(pen)
                 p.setBrush(Qt.BrushStyle.NoBrush)
                 p.drawRoundedRect(QRectF(1, y, self.width() - 2, self.ROW - 2), 4, 4)
+
+
+def _wrapping_label(text: str, tooltip: str = "") -> QLabel:
+    """A value that wraps even without spaces (DICOM UIDs, long file names) instead of widening the panel."""
+    label = QLabel("\u200b".join(text[i:i + 16] for i in range(0, len(text), 16)))
+    label.setWordWrap(True)
+    label.setToolTip(tooltip or text)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
 
 
 def _section(title: str) -> QLabel:
@@ -234,10 +246,7 @@ class PredictionPanel(QWidget):
         while self.facts.rowCount():
             self.facts.removeRow(0)
         if path:
-            name = QLabel(Path(path).name)
-            name.setWordWrap(True)
-            name.setToolTip(str(path))
-            self.facts.addRow("File", name)
+            self.facts.addRow("File", _wrapping_label(Path(path).name, str(path)))
         if image is None:
             return
         meta = image.radiograph.meta
@@ -251,9 +260,7 @@ class PredictionPanel(QWidget):
         for tag in DICOM_TAGS:
             value = dicom.get(tag)
             if value not in (None, ""):
-                label = QLabel(str(value))
-                label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-                self.facts.addRow(tag, label)
+                self.facts.addRow(tag, _wrapping_label(str(value)))
         for note in meta.get("notes") or []:
             label = QLabel(str(note))
             label.setWordWrap(True)

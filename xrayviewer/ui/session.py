@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 from xrayviewer.results import ResultRow
 from xrayviewer.ui.jobs import (METHODS, Caches, Explained, LoadedImage, classify_file, explain_image,
                                 ground_truth_for, load_image)
-from xrayviewer.ui.model_service import ModelService
+from xrayviewer.ui.model_service import ModelService, freeze_long_lived_objects
 from xrayviewer.ui.workers import LatestRequest, Worker, check_cancel, discard, start_worker
 
 PRIORITY_CURRENT, PRIORITY_PREFETCH, PRIORITY_BACKGROUND = 10, 5, 0
@@ -82,6 +82,7 @@ class ImageSession(QObject):
         self._prefetch = LatestRequest(model_pool, PRIORITY_PREFETCH)
         self._background: deque[str] = deque()
         self._background_worker: Worker | None = None
+        self._traced_models: set[str] = set()
         self._known_rows: dict[tuple[str, str], ResultRow] = {}   # (path, model_key) -> row already sent
         model_service.modelChanged.connect(self._on_model_changed)
 
@@ -164,6 +165,9 @@ class ImageSession(QObject):
         if tag != self._wanted():
             return
         self.current_explained = explained
+        if explained.model_key not in self._traced_models:   # the model's traced functions are long-lived too
+            self._traced_models.add(explained.model_key)
+            freeze_long_lived_objects()
         self.explained.emit(explained)
         self._send_row(explained.row)
         self._start_prefetch()
