@@ -6,6 +6,7 @@ The window is shown first; the model (TensorFlow) loads afterwards in a worker, 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer
@@ -16,6 +17,7 @@ from xrayviewer import APP_NAME, __version__
 from xrayviewer.paths import RESOURCES_DIR
 
 SCREENSHOT_TIMEOUT_S = 180
+BADGE_WAIT_S = 30      # after the selected image is shown, wait this long at most for the folder's badges
 
 
 def app_icon() -> QIcon:
@@ -71,6 +73,7 @@ class ScreenshotMode(QObject):
         self.window, self.out = window, Path(out)
         self.select = str(Path(select).expanduser().resolve()) if select else None
         self.exit_code: int | None = None
+        self._shown_at: float | None = None
         window.displayComplete.connect(self._on_complete)
         window.imageFailed.connect(self._on_image_failed)
         window.folderScanned.connect(self._on_scanned)
@@ -83,11 +86,23 @@ class ScreenshotMode(QObject):
         return self.select or (str(self.window.current_path()) if self.window.current_path() else None)
 
     def _on_complete(self, path: str) -> None:
-        if self.exit_code is None and path == self._target():
-            QTimer.singleShot(300, self._save)   # let the last paint settle
+        if self.exit_code is None and path == self._target() and self._shown_at is None:
+            self._shown_at = time.monotonic()
+            self._poll_badges()
+
+    def _poll_badges(self) -> None:
+        """The list reads better with its badges: give the background classification a little time."""
+        if self.exit_code is not None:
+            return
+        waiting = self.window.session.background_remaining and time.monotonic() - self._shown_at < BADGE_WAIT_S
+        QTimer.singleShot(250 if waiting else 300, self._poll_badges if waiting else self._save)
 
     def _save(self) -> None:
         if self.exit_code is not None:
+            return
+        ex = self.window.current_explained()
+        if ex is None or ex.path != self._target():   # the user (or a late event) moved on: wait for it again
+            self._shown_at = None
             return
         QApplication.processEvents()
         self.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, QSortFilterProxyModel, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPalette, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QListView, QStyle,
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QListView, QSizePolicy, QStyle,
                                QStyledItemDelegate, QStyleOptionViewItem, QVBoxLayout, QWidget)
 
 from xrayviewer.results import ResultRow
@@ -295,6 +295,7 @@ class FolderPanel(QWidget):
         self.proxy.setSourceModel(self.model)
         self.title = QLabel("No folder open")
         self.title.setObjectName("panelTitle")
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.counts = QLabel("")
         self.counts.setObjectName("panelHint")
         self.counts.setWordWrap(True)
@@ -304,6 +305,9 @@ class FolderPanel(QWidget):
         self.sort_box.setObjectName("sortBox")
         for key, text in SORTS.items():
             self.sort_box.addItem(text, key)
+        for box in (self.filter_box, self.sort_box):   # long entries must not widen the panel
+            box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            box.setMinimumContentsLength(8)
         self.set_classes([])
         self.list = QListView()
         self.list.setObjectName("thumbnailList")

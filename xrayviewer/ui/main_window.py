@@ -164,7 +164,7 @@ class MainWindow(QMainWindow):
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setStretchFactor(2, 0)
-        self.splitter.setSizes([270, 900, 320])
+        self.splitter.setSizes([250, 850, 300])
         self.splitter.setCollapsible(1, False)
         self.setCentralWidget(self.splitter)
 
@@ -300,6 +300,7 @@ class MainWindow(QMainWindow):
         s.explainFailed.connect(self._on_explain_failed)
         s.rowReady.connect(self.folder_panel.model.set_row)
         s.rowReady.connect(self._update_progress)
+        s.backgroundFinished.connect(self._update_progress)
         ms.loadStarted.connect(self._on_model_loading)
         ms.modelChanged.connect(self._on_model_changed)
         ms.loadFailed.connect(self._on_model_failed)
@@ -599,10 +600,10 @@ class MainWindow(QMainWindow):
             dialog.show()
 
     def _update_progress(self, *_: Any) -> None:
-        remaining = self.session.background_remaining
-        total = len(self.folder_panel.model.items)
-        if remaining and total:
-            self.progress_label.setText(f"Classifying folder: {total - remaining}/{total}")
+        items = self.folder_panel.model.items
+        done = sum(1 for it in items if it.row is not None)
+        if self.session.background_remaining and done < len(items):
+            self.progress_label.setText(f"Classifying folder: {done}/{len(items)}")
         else:
             self.progress_label.setText("")
 
@@ -643,7 +644,7 @@ class MainWindow(QMainWindow):
         self._set_method(method if method in METHODS else "gradcam")
         self.actions_by_id["overlay"].setChecked(read_bool(s, "view/overlay", False))
         self.actions_by_id["heatmap"].setChecked(read_bool(s, "view/heatmap", True))
-        self.actions_by_id["lung_outline"].setChecked(read_bool(s, "view/lung_outline", False))
+        self.actions_by_id["lung_outline"].setChecked(read_bool(s, "view/lung_outline", True))
         self.actions_by_id["lungs_only"].setChecked(read_bool(s, "view/lungs_only", False))
 
     def save_settings(self) -> None:

@@ -64,6 +64,7 @@ class ImageSession(QObject):
     explained = Signal(object)           # Explained for the current path, model, method and class
     explainFailed = Signal(str, str)     # path, message
     rowReady = Signal(object)            # ResultRow of any file (badges): current, prefetched or background
+    backgroundFinished = Signal()        # the badge queue ran empty
 
     def __init__(self, model_service: ModelService, io_pool: QThreadPool, model_pool: QThreadPool,
                  parent: QObject | None = None):
@@ -216,6 +217,7 @@ class ImageSession(QObject):
         while self._background and (self._background[0], key) in self._known_rows:
             self._background.popleft()
         if not self._background:
+            self.backgroundFinished.emit()
             return
         path = self._background.popleft()
         worker = Worker(_tagged, (path, key), classify_file, path, classifier, key, self.caches,
