@@ -442,3 +442,76 @@ def test_desktop_entry_installs_launcher(tmp_path, monkeypatch):
         check = subprocess.run(["desktop-file-validate", str(tmp_path / "applications" / "xrayviewer.desktop")],
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_lung_attention_outline_and_heatmap_only_inside_the_lungs(qtbot, window, tmp_path):
+    from ui_fakes import FakeSegmenter
+
+    # the marker (and so the heat) is on the right half; the fake "lungs" are the left half
+    path = write_png(tmp_path / "m" / "marker.png", marker_image((400, 400), (200, 300), radius=25))
+    window.model_service.set_classifier(FakeClassifier(), FakeSegmenter())
+    assert window.heatmap_controls.outline.isEnabled()
+    window.open_path(path)
+    ex = wait_shown(qtbot, window)
+    assert ex.lung_attention is not None and ex.lung_attention < 0.5
+    text = window.prediction.attention.text()
+    assert window.prediction.attention.isVisible() and "% of the attention is on the lungs" in text and "⚠" in text
+    window.actions_by_id["lung_outline"].setChecked(True)
+    assert not window.viewer.right.outline_item.path().isEmpty()
+    outline = window.viewer.left.outline_item.path().boundingRect()
+    assert outline.right() <= 205 and outline.left() <= 5        # the left half, in image pixels
+    window.actions_by_id["lung_outline"].setChecked(False)
+    assert window.viewer.right.outline_item.path().isEmpty()
+    # only inside the lungs: the right half of the heatmap becomes transparent
+    window.heatmap_controls.lungs_only.setChecked(True)
+    heat = window.viewer.right.heat_item.pixmap().toImage()
+    assert heat.pixelColor(heat.width() - 5, heat.height() // 2).alpha() == 0
+    assert heat.pixelColor(5, heat.height() // 2).alpha() == 255
+    assert "inside lungs only" in window.viewer.right_title.text()
+
+
+def test_not_a_chest_xray_warning(qtbot, window, tmp_path):
+    path = write_png(tmp_path / "white.png", np.full((300, 300), 250, np.uint8))   # the fake flags it as OOD
+    open_with_fake(qtbot, window, path)
+    wait_shown(qtbot, window)
+    assert window.prediction.ood.isVisible() and "Not a chest X-ray?" in window.prediction.ood.text()
+    assert window.folder_panel.model.items[0].row.ood_flag
+
+
+def test_spinner_while_computing_then_result(qtbot, window, folder):
+    open_with_fake(qtbot, window, folder, delay=0.4)
+    qtbot.waitUntil(lambda: "Computing Grad-CAM" in window.prediction.status.text(), timeout=5000)
+    assert window.prediction.spinner.running
+    wait_shown(qtbot, window)
+    assert not window.prediction.spinner.running
+
+
+def test_window_level_sliders_and_model_menu_and_dialogs(qtbot, window, folder, monkeypatch):
+    from xrayviewer.model.bundle import list_bundles
+    from xrayviewer.paths import SHIPPED_MODELS_DIR, user_models_dir
+    from xrayviewer.ui import dialogs
+
+    open_with_fake(qtbot, window, folder)
+    wait_shown(qtbot, window)
+    window.display_controls.width.setValue(40)
+    window.display_controls.level.setValue(30)
+    assert window.viewer.state.width == pytest.approx(0.4) and window.viewer.state.center == pytest.approx(0.3)
+    # Model › Use model lists the shipped and the user's bundles; choosing one loads it
+    chosen = []
+    monkeypatch.setattr(window, "use_model", lambda p: chosen.append(p))
+    window._fill_models_menu()
+    entries = [a for a in window.models_menu.actions() if a.isEnabled()]
+    assert len(entries) == len(list_bundles(SHIPPED_MODELS_DIR, user_models_dir()))
+    if entries:
+        entries[0].trigger()
+        assert chosen
+    window._fill_recent_menu()
+    assert window.recent_menu.actions()[0].text() == str(folder.resolve())
+    assert "TensorFlow" in dialogs.about_text() and DISCLAIMER in dialogs.about_text()
+    assert DISCLAIMER in dialogs.DISCLAIMER_TEXT
+    card = folder.parent / "bundle"
+    card.mkdir()
+    (card / "MODEL_CARD.md").write_text("# My model\n\nTrained on *things*.")
+    dialog = dialogs.model_card_dialog(card, window)
+    assert "Trained on" in dialog.browser.toPlainText()
+    dialog.close()

@@ -109,3 +109,12 @@ def synthetic_folder(root: Path, n_per_class: int = 3, classes=("covid", "normal
                                    marker_image((520 + 10 * k, 480), marker, seed=k)))
             k += 1
     return paths
+
+
+class FakeSegmenter:
+    """Same surface as xrayviewer.model.lungs.LungSegmenter: the "lungs" are the left half of the image."""
+
+    def segment(self, radiograph):
+        mask = np.zeros(radiograph.shape, bool)
+        mask[:, : radiograph.shape[1] // 2] = True
+        return mask
