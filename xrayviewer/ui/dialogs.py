@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QMessageBox, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QMessageBox, QTextBrowser, QVBoxLayout, QWidget
 
 from xrayviewer import APP_NAME, DISCLAIMER, __version__
 from xrayviewer.ui.shortcuts import MOUSE, SHORTCUTS
@@ -26,11 +26,11 @@ def shortcuts_html() -> str:
     for text, keys, group in SHORTCUTS.values():
         label = text.replace("&", "")
         groups.setdefault(group, []).append(
-            f"<tr><td style='padding-right:18px'>{' / '.join(f'<b>{k}</b>' for k in keys)}</td><td>{label}</td></tr>")
+            f"<tr><td width='170'>{' / '.join(f'<b>{k}</b>' for k in keys)}</td><td>{label}</td></tr>")
     html = []
     for group, rows in groups.items():
         html.append(f"<h3>{group}</h3><table>{''.join(rows)}</table>")
-    mouse = "".join(f"<tr><td style='padding-right:18px'><b>{k}</b></td><td>{v}</td></tr>" for k, v in MOUSE)
+    mouse = "".join(f"<tr><td width='170'><b>{k}</b></td><td>{v}</td></tr>" for k, v in MOUSE)
     html.append(f"<h3>Mouse</h3><table>{mouse}</table>")
     return "".join(html)
 
@@ -55,7 +55,7 @@ class TextDialog(QDialog):
 
 
 def shortcuts_dialog(parent: QWidget | None = None) -> TextDialog:
-    return TextDialog("Keyboard shortcuts", parent, html=shortcuts_html(), size=(520, 680))
+    return TextDialog("Keyboard shortcuts", parent, html=shortcuts_html(), size=(540, 760))
 
 
 def model_card_dialog(bundle_path: Path | None, parent: QWidget | None = None) -> QDialog | None:
@@ -109,9 +109,3 @@ def disclaimer_dialog(parent: QWidget | None = None) -> QMessageBox:
     box.setText(DISCLAIMER_TEXT)
     return box
 
-
-def hint_label(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setObjectName("panelHint")
-    label.setWordWrap(True)
-    return label

@@ -214,7 +214,7 @@ class ThumbnailDelegate(QStyledItemDelegate):
     HEIGHT = THUMB_SIDE + 12
 
     def sizeHint(self, option, index) -> QSize:  # noqa: N802
-        return QSize(240, self.HEIGHT)
+        return QSize(160, self.HEIGHT)   # the list's width decides; text is elided
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         item: FolderItem = index.data(ITEM_ROLE)
@@ -323,6 +323,7 @@ class FolderPanel(QWidget):
         self.list.setUniformItemSizes(True)
         self.list.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.list.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 2, 6)
         layout.setSpacing(4)

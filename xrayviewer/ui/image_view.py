@@ -94,7 +94,7 @@ class RadiographCanvas(QGraphicsView):
         self.outline_item.setZValue(2)
         for item in (self.image_item, self.heat_item, self.outline_item):
             self.scene().addItem(item)
-        self.message = QLabel(self.viewport())
+        self.message = QLabel(self)   # on the view, not its viewport: scrolling moves a viewport's children
         self.message.setObjectName("canvasMessage")
         self.message.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.message.setWordWrap(True)
@@ -138,7 +138,7 @@ class RadiographCanvas(QGraphicsView):
         self.message.show()
 
     def _place_message(self) -> None:
-        vp = self.viewport().rect()
+        vp = self.rect()
         width = min(vp.width() - 24, 420)
         self.message.setFixedWidth(max(width, 80))
         self.message.adjustSize()
