@@ -195,8 +195,9 @@ app can measure how much of a classifier's attention falls on the lungs. It know
 - Input: grayscale resized to {meta['input_size'][0]}x{meta['input_size'][1]} (area averaging), standardised per
   image (`{LUNG_PREPROCESSING_ID}`). Output: lung probability, thresholded at 0.5 after bilinear up-sampling to the
   image's original size; then the two largest connected components are kept and holes are filled.
-- Trained by `training/train_lungs.py` (seed {meta['training']['seed']}, {meta['training']['epochs_run']} epochs,
-  best epoch {meta['training']['best_epoch']}, Adam + cosine schedule, Dice + BCE loss, augmentation: rotation ±10°,
+- Trained by `training/train_lungs.py` (seed {meta['training']['seed']}, {meta['training']['epochs_run']} of
+  {meta['training']['epochs_planned']} planned epochs (the rest cut by the time budget), best epoch
+  {meta['training']['best_epoch']}, Adam + cosine schedule, Dice + BCE loss, augmentation: rotation ±10°,
   scale 0.9–1.1, shift ±6 %, gamma 0.7–1.4, light noise), {meta['training']['minutes']:.0f} min on 2 shared CPU cores.
 
 ## Data
@@ -319,7 +320,8 @@ def main(argv=None) -> int:
         "training": {"data": "../shared/data/lungs", "split": "patient-disjoint by split_group, per source",
                      "seed": args.seed, "val_fraction": args.val_fraction, "train_pairs": len(train),
                      "val_pairs": len(val), "val_patients": len({rows[i]['split_group'] for i in val}),
-                     "val_names": [rows[i]["name"] for i in val], "epochs_run": budget.epochs_run,
+                     "val_names": [rows[i]["name"] for i in val], "epochs_planned": args.epochs,
+                     "epochs_run": budget.epochs_run,
                      "best_epoch": budget.best_epoch, "batch_size": args.batch_size, "learning_rate": args.lr,
                      "minutes": round(minutes, 1)},
         "metrics": {"validation_n": len(scores), "validation_dice_mean": float(np.mean(scores)),
