@@ -25,6 +25,10 @@ _ids = itertools.count(1)
 _live: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 
 
+def _released(*_args: Any, **_kwargs: Any) -> None:
+    """What a finished worker's function becomes (see Worker.release_payload)."""
+
+
 class Cancelled(Exception):
     """Raised inside work functions (via `check_cancel`) to stop early; reported as `aborted`, not an error."""
 
@@ -65,6 +69,15 @@ class Worker(QRunnable):
     def is_cancelled(self) -> bool:
         return self.cancel_event.is_set()
 
+    def release_payload(self) -> None:
+        """Let go of the function and its arguments once they are no longer needed.
+
+        PySide6's QThreadPool.start keeps a reference to a runnable whose autoDelete is off and never drops it, so
+        every Worker object outlives its run; without this, the images in its arguments would too (measured: one
+        full-size image kept per image browsed, by benchmarks/bench_app.py memory).
+        """
+        self.fn, self.args, self.kwargs = _released, (), {}
+
     def run(self) -> None:  # runs on a pool thread
         _pin_thread_state()
         sig = self.signals
@@ -89,6 +102,7 @@ class Worker(QRunnable):
             except RuntimeError:  # receiver gone during shutdown
                 pass
         finally:
+            self.release_payload()
             self.done.set()
             try:
                 sig.finished.emit(self.id)
@@ -134,6 +148,7 @@ def discard(worker: Worker) -> None:
     worker.cancel()
     pool = getattr(worker, "pool", None)
     if pool is not None and not worker.done.is_set() and pool.tryTake(worker):
+        worker.release_payload()
         worker.done.set()
         worker._holder.release()  # type: ignore[attr-defined]
         worker.signals.aborted.emit(worker.id)
@@ -184,6 +199,9 @@ class _Keep(QObject):
 
     def release(self, *_: Any) -> None:
         _Keep._held.discard(self)
+        # Break worker -> signals -> (C++ connection) -> self -> worker: Python's GC cannot see through the
+        # connection, so without this every finished worker, and the images in its arguments, stayed alive.
+        self.worker = None
 
 
 def active_workers() -> list[Worker]:
