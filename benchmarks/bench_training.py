@@ -2,11 +2,15 @@
 
     python benchmarks/bench_training.py [--quick] [--epochs 25] [--per-class 40] [--json OUT]
 
-Cached: the frozen base runs once per image (from an empty feature cache, so that one pass is counted), then 25
-epochs train only the head on the pooled features. Classic (the 2020 tutorials): the whole network runs on every
-batch of every epoch. The classic loop is too slow to run 25 epochs here, so it runs 2 epochs and is extrapolated as
-load + epoch 1 (includes tracing) + 24 x epoch 2; the output says so. No augmentation on either side (variants=1),
-so both train the same head on the same inputs. Images: a patient-disjoint split of ../shared/data/cxr.
+Cached, cold: the frozen base runs once per image from an EMPTY feature cache (building the base and that one pass
+are counted), then 25 epochs train only the head on the pooled features. Cached, warm: the same training again with
+the cache filled (what every later run on the same folder costs: other epochs, learning rate, head, split).
+Classic (the 2020 tutorials): the whole network runs on every batch of every epoch (and on the validation images
+after each epoch). It is too slow to run 25 epochs here, so it runs 2 epochs and is EXTRAPOLATED as
+load images + build model + epoch 1 (includes tracing) + 24 x epoch 2; the output says so.
+Both sides: the same images, the same patient-disjoint split, no augmentation (variants=1), the same head, batch 8,
+validation after every epoch. Not counted on either side: building the final full classifier for saving.
+Images: ../shared/data/cxr, one image per patient.
 """
 
 from __future__ import annotations
@@ -49,13 +53,11 @@ def pick_subset(per_class: int):
 
 def run_cached(dataset, config, cache_root: Path) -> dict:
     from xrayviewer.training.engine import FineTuneJob
-    from xrayviewer.training.features import FeatureExtractor, clear_memory_cache
+    from xrayviewer.training.features import FeatureExtractor
 
-    clear_memory_cache()
     extractor = FeatureExtractor(config.base_id, augmentation=None, cache_root=cache_root)
-    t0 = time.perf_counter()
     result = FineTuneJob(dataset, config, extractor=extractor).run(cancel=threading.Event())
-    seconds = time.perf_counter() - t0
+    seconds = result.timings["features"] + result.timings["head"]
     return {"seconds": seconds, "features_seconds": result.timings["features"], "head_seconds": result.timings["head"],
             "val_accuracy": result.metrics["accuracy"], "history": result.history, "split": result.split,
             "validation_paths": result.validation["paths"], "y_val": result.validation["y_true"]}
@@ -76,11 +78,11 @@ def run_classic(dataset, config, cached: dict) -> dict:
     y_train = np.array([CLASSES.index(item.label) for item in train_items])
     x_val = np.stack([to_model_input(read_radiograph(item.path)) for item in val_items])
     y_val = np.array([CLASSES.index(item.label) for item in val_items])
-    load_seconds = time.perf_counter() - t0
     keras.utils.set_random_seed(config.seed)
     model = build_classifier(config.base_id, len(CLASSES), config.head)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    load_seconds = time.perf_counter() - t0
     epoch_seconds, val_acc = [], None
     for _ in range(CLASSIC_EPOCHS_RUN):
         t = time.perf_counter()
@@ -95,7 +97,7 @@ def run_classic(dataset, config, cached: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cached-feature head training vs the classic loop")
-    parser.add_argument("--quick", action="store_true", help="12 images per class instead of 40")
+    parser.add_argument("--quick", action="store_true", help="12 images per class instead of 100")
     parser.add_argument("--per-class", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON (benchmarks/run.py reads it)")
@@ -103,34 +105,45 @@ def main(argv: list[str] | None = None) -> int:
 
     from xrayviewer.training.engine import TrainingConfig
 
-    per_class = args.per_class or (12 if args.quick else 40)
+    per_class = args.per_class or (12 if args.quick else 100)
     dataset = pick_subset(per_class)
     config = TrainingConfig(epochs=args.epochs, augmentation=None, variants=1, early_stopping=False, seed=42)
     print(f"{len(dataset.items)} images ({per_class} per class, one per patient), {args.epochs} epochs, "
           f"batch {config.batch_size}, base {config.base_id}", flush=True)
 
+    from xrayviewer.training.features import clear_memory_cache
+
     with tempfile.TemporaryDirectory() as tmp:
+        clear_memory_cache()
         cached = run_cached(dataset, config, Path(tmp) / "features")
-    print(f"cached features: {cached['seconds']:.1f} s total (base pass {cached['features_seconds']:.1f} s from an "
-          f"empty cache, head {cached['head_seconds']:.1f} s for {args.epochs} epochs); validation accuracy "
-          f"{cached['val_accuracy']:.3f}", flush=True)
+        warm = run_cached(dataset, config, Path(tmp) / "features")
+    print(f"cached, cold cache: {cached['seconds']:.1f} s (base + one pass over the images "
+          f"{cached['features_seconds']:.1f} s, head {cached['head_seconds']:.1f} s for {args.epochs} epochs); "
+          f"validation accuracy {cached['val_accuracy']:.3f}", flush=True)
+    print(f"cached, warm cache: {warm['seconds']:.1f} s (features {warm['features_seconds']:.1f} s, head "
+          f"{warm['head_seconds']:.1f} s)", flush=True)
     classic = run_classic(dataset, config, cached)
     at_same_epoch = cached["history"]["val_accuracy"][CLASSIC_EPOCHS_RUN - 1]
     print(f"classic loop: ran {classic['epochs_run']} of {args.epochs} epochs (epoch times "
           + ", ".join(f"{s:.1f} s" for s in classic["epoch_seconds"])
-          + f", image loading {classic['load_seconds']:.1f} s) and EXTRAPOLATED to {args.epochs} epochs: "
+          + f", loading images and building the model {classic['load_seconds']:.1f} s) and EXTRAPOLATED to {args.epochs} epochs: "
           f"{classic['seconds_extrapolated']:.1f} s", flush=True)
     print(f"validation accuracy after {CLASSIC_EPOCHS_RUN} epochs: classic {classic['val_accuracy_after_epochs_run']:.3f}, "
           f"cached {at_same_epoch:.3f} (cached after {args.epochs}: {cached['val_accuracy']:.3f})", flush=True)
     ratio = classic["seconds_extrapolated"] / cached["seconds"]
-    print(f"speedup ratio (classic / cached, {args.epochs} epochs): {ratio:.1f}x  (goal >= 20x)", flush=True)
+    ratio_warm = classic["seconds_extrapolated"] / warm["seconds"]
+    print(f"speedup ratio (classic / cached, {args.epochs} epochs, cold cache): {ratio:.1f}x  (goal >= 20x; at most "
+          f"~{args.epochs}x while the one base pass dominates)", flush=True)
+    print(f"speed-up with a warm cache (classic / cached): {ratio_warm:.1f}x", flush=True)
     if args.json:
         note = f"classic extrapolated from {CLASSIC_EPOCHS_RUN} epochs"
         figures = [
-            {"name": "training ratio (classic / cached)", "samples": [ratio], "unit": "x", "goal": ">= 20",
-             "passed": ratio >= 20, "note": note},
-            {"name": "training cached total", "samples": [cached["seconds"]], "unit": " s"},
-            {"name": "training cached head only", "samples": [cached["head_seconds"]], "unit": " s"},
+            {"name": "training ratio (classic / cached, cold cache)", "samples": [ratio], "unit": "x",
+             "goal": ">= 20", "passed": ratio >= 20, "note": note},
+            {"name": "training speed-up, warm cache (classic / cached)", "samples": [ratio_warm], "unit": "x",
+             "note": note},
+            {"name": "training cached, cold cache", "samples": [cached["seconds"]], "unit": " s"},
+            {"name": "training cached, warm cache", "samples": [warm["seconds"]], "unit": " s"},
             {"name": "training classic (extrapolated)", "samples": [classic["seconds_extrapolated"]], "unit": " s",
              "note": note},
             {"name": "val accuracy cached", "samples": [cached["val_accuracy"]], "unit": ""},
