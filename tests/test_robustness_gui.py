@@ -285,6 +285,16 @@ def _rapid_navigation(qtbot, win, loaded, paths: list[Path], min_shown: int) -> 
     settle(qtbot, win)
     assert active_workers() == []
     qtbot.waitUntil(lambda: threading.active_count() <= threads_before + 2, timeout=10_000)
+    # ...and finished workers let go of their images: only the bounded image cache (and the screen) holds any.
+    import gc
+
+    from xrayviewer.ui.workers import Worker
+
+    gc.collect()
+    images = sum(1 for o in gc.get_objects() if type(o).__name__ == "LoadedImage")
+    assert images <= win.session.caches.images.max_items + 2, f"{images} decoded images still referenced"
+    holding = [w for w in gc.get_objects() if isinstance(w, Worker) and w.done.is_set() and w.args]
+    assert not holding, f"{len(holding)} finished workers still hold their arguments"
 
 
 def truth_shape(path: Path) -> tuple[int, int]:
