@@ -120,11 +120,14 @@ def _no_real_message_boxes(monkeypatch):
 
 # ---------------------------------------------------------------- data page
 
-def test_folder_check_shows_counts_thumbnails_and_every_problem(qtbot, problem_dataset):
+def test_folder_check_shows_counts_thumbnails_and_every_problem(qtbot, problem_dataset, artifacts_dir):
     from xrayviewer.imaging import discover_dataset
 
     dialog = _open(qtbot)
+    dialog.resize(1000, 720)
     _check(qtbot, dialog, problem_dataset)
+    qtbot.wait(100)                               # new thumbnails are shown on the next event-loop pass
+    dialog.grab().save(str(artifacts_dir / "training_dialog_data.png"))
     expected = discover_dataset(problem_dataset)
     assert expected.problems, "the fixture should have problems"
     shown = "\n".join(dialog.data_page.problem_texts())
@@ -245,7 +248,7 @@ def test_real_training_shows_results_beside_the_active_model_and_saves(qtbot, cl
 
     results = dialog.results_page
     new, active = results.new_column, results.active_column
-    assert new.table.rowCount() == 2 and "Accuracy" in new.summary.text() and "ECE" in new.summary.text()
+    assert new.table.rowCount() == 2 and "accuracy" in new.summary.text() and "ECE" in new.summary.text()
     assert [new.table.verticalHeaderItem(r).text() for r in range(2)] == ["clear", "opaque"]
     assert "Old model" in active.title.text() and active.table.rowCount() == 2
     assert new.confusion._pixmap is not None and active.confusion._pixmap is not None
@@ -373,29 +376,40 @@ def test_live_curves_redraw_at_most_a_few_times_per_second(qtbot):
 # ---------------------------------------------------------------- real subset of ../shared
 
 @pytest.mark.shared
-def test_real_training_on_a_subset_of_real_radiographs(qtbot, shared_data, cxr_manifest, tmp_path):
-    """NIH normal vs pneumonia (one source, so the model cannot cheat by source), 8 patients per class."""
-    root = tmp_path / "nih"
-    for label in ("normal", "pneumonia"):
-        rows = [r for r in cxr_manifest if r["label"] == label and r["source"] == "nih"]
+def test_real_training_on_real_radiographs_beside_the_shipped_model(qtbot, shared_data, cxr_manifest, tmp_path,
+                                                                    artifacts_dir):
+    """A few real radiographs per class (one image per patient), trained for real, compared with models/default."""
+    from xrayviewer.paths import DEFAULT_MODEL_DIR
+
+    root = tmp_path / "cxr"
+    for label, source in (("covid", "ieee8023"), ("normal", "nih"), ("pneumonia", "nih")):
         seen = set()
         (root / label).mkdir(parents=True)
-        for row in rows:
-            if row["patient_id"] in seen:
+        for row in cxr_manifest:
+            if row["label"] != label or row["source"] != source or row["patient_id"] in seen:
                 continue
             seen.add(row["patient_id"])
             shutil.copy(shared_data / "cxr" / row["path"], root / label / Path(row["path"]).name)
             if len(seen) == PER_CLASS:
                 break
-    dialog = _open(qtbot, FakeWindow())
+    dialog = _open(qtbot, FakeWindow(DEFAULT_MODEL_DIR))
+    dialog.resize(1100, 760)
     _check(qtbot, dialog, root)
-    assert dialog.data_page.result.dataset.counts() == {"normal": PER_CLASS, "pneumonia": PER_CLASS}
+    assert dialog.data_page.result.dataset.counts() == {"covid": PER_CLASS, "normal": PER_CLASS,
+                                                        "pneumonia": PER_CLASS}
     assert dialog.start_button.isEnabled()
-    _quick_settings(dialog)
+    _quick_settings(dialog, epochs=15)           # head epochs on cached features take a fraction of a second
     _train_to_results(qtbot, dialog)
-    new = dialog.results_page.new_column
-    assert new.table.rowCount() == 2 and "Accuracy" in new.summary.text()
-    assert "No model is active" in dialog.results_page.active_column.summary.text()
+    results = dialog.results_page
+    assert results.new_column.table.rowCount() == 3 and "accuracy" in results.new_column.summary.text()
+    assert results.active_column.table.rowCount() == 3, results.active_column.summary.text()
+    assert load_bundle(DEFAULT_MODEL_DIR).name in results.active_column.title.text()
+    dialog.grab().save(str(artifacts_dir / "training_dialog_real_results.png"))
+    results.tabs.setCurrentIndex(2)
+    dialog.grab().save(str(artifacts_dir / "training_dialog_real_calibration.png"))
+    dialog._go(2)
+    dialog.grab().save(str(artifacts_dir / "training_dialog_real_training.png"))
+    dialog._go(3)
     _wait_idle(qtbot)
 
 

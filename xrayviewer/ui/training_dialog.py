@@ -130,6 +130,7 @@ class ModelReport:
     """One column of the Results page: metrics and rendered figures (RGBA arrays) of one model on the split."""
 
     title: str
+    name: str = ""                                                 # the model's name, for captions
     metrics: dict | None = None
     figures: dict[str, np.ndarray] = field(default_factory=dict)   # figure name -> RGBA image
     calibration: str = ""                                          # ECE before -> after temperature scaling
@@ -172,9 +173,10 @@ def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: 
 def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable[[Any], None],
                   cancel: threading.Event) -> tuple[ModelReport, ModelReport | None]:
     """Figures for the new model, then the active model evaluated on the same validation split."""
-    new = ModelReport("New model", result.metrics,
-                      _model_figures(result.metrics, history=result.history,
-                                     uncalibrated=result.metrics_uncalibrated, temperature=result.temperature),
+    new = ModelReport("New model", metrics=result.metrics,
+                      figures=_model_figures(result.metrics, history=result.history,
+                                             uncalibrated=result.metrics_uncalibrated,
+                                             temperature=result.temperature),
                       calibration=(f"ECE {_fmt(result.metrics_uncalibrated.get('ece'))} → "
                                    f"{_fmt(result.metrics.get('ece'))} after temperature scaling "
                                    f"(T = {result.temperature:.2f}, fitted on the validation split)"))
@@ -185,10 +187,10 @@ def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable
     from xrayviewer.model.bundle import BundleError, load_bundle
     from xrayviewer.training.engine import TrainingError, evaluate_bundle_on_split
 
-    active = ModelReport(f"Active model ({Path(active_bundle).name})")
+    active = ModelReport(f"Active model ({Path(active_bundle).name})", name=Path(active_bundle).name)
     try:
         bundle = load_bundle(active_bundle)
-        active.title = f"Active model: {bundle.name}"
+        active.title, active.name = f"Active model: {bundle.name}", bundle.name
         metrics = evaluate_bundle_on_split(active_bundle, result, cancel=cancel)
         if metrics is None:
             raise Cancelled()
@@ -196,6 +198,11 @@ def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable
         active.figures = _model_figures(metrics)
         active.calibration = (f"ECE {_fmt(metrics.get('ece'))} with the model's own temperature "
                               f"(T = {bundle.temperature:.2f})")
+        seen = _trained_on(bundle, result.validation.get("sha256", []))
+        if seen:
+            active.calibration += (f"<br><span style='color:#b00020'>{seen} of these {len(result.validation['sha256'])} "
+                                   "validation images were in this model's own training data: its figures here "
+                                   "are optimistic.</span>")
     except Cancelled:
         raise
     except (BundleError, TrainingError) as exc:  # shown beside the new model; the new model's results stand
@@ -203,6 +210,13 @@ def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable
     except Exception as exc:  # noqa: BLE001 - any other failure of the old model must not hide the new results
         active.error = f"Could not evaluate the active model on this split: {exc}"
     return new, active
+
+
+def _trained_on(bundle: Any, sha256s: list[str]) -> int:
+    """How many of these files the bundle was trained on, when its model.json lists its training files (else 0)."""
+    train = ((bundle.meta.get("training") or {}).get("split") or {}).get("train") or {}
+    listed = train.get("sha256") if isinstance(train, dict) else None
+    return len(set(sha256s) & set(listed)) if isinstance(listed, list) else 0
 
 
 def bundle_dir_name(name: str) -> str:
@@ -235,7 +249,7 @@ class FigureView(QLabel):
     def __init__(self, placeholder: str = "", parent: QWidget | None = None):
         super().__init__(placeholder, parent)
         self._pixmap: QPixmap | None = None
-        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
         self.setMinimumSize(240, 180)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setWordWrap(True)
@@ -696,6 +710,7 @@ class TrainingPage(QWidget):
         self.bar = QProgressBar()
         self.bar.setFormat("batch %v / %m")
         self.epoch_label = QLabel("Epoch –")
+        self._planned_epochs = 0
         self.eta_label = QLabel("")
         counters = QHBoxLayout()
         counters.addWidget(self.epoch_label)
@@ -720,6 +735,7 @@ class TrainingPage(QWidget):
         self.stage.setText("Starting…")
         self.bar.setRange(0, 0)      # busy until the first batch says how many there are
         self.epoch_label.setText("Epoch –")
+        self._planned_epochs = 0
         self.eta_label.setText("")
         self.log.clear()
         self.curves.reset()
@@ -738,6 +754,7 @@ class TrainingPage(QWidget):
             self.bar.setRange(0, int(event.get("batches", 0)))
             self.bar.setValue(int(event.get("batch", 0)))
         elif kind == "epoch":
+            self._planned_epochs = int(event.get("epochs") or 0)
             self.epoch_label.setText(f"Epoch {event['epoch']} / {event.get('epochs', '?')}")
             eta = event.get("eta_seconds")
             self.eta_label.setText("" if eta is None else f"about {_duration(eta)} left")
@@ -747,6 +764,10 @@ class TrainingPage(QWidget):
             self.append_log(str(event.get("text", "")))
         elif kind == "done":
             self.eta_label.setText("")
+            run, planned = len(self.curves.history["loss"]), self._planned_epochs
+            if planned and 0 < run < planned:
+                self.epoch_label.setText(f"Epoch {run} / {planned} — stopped early: the validation loss had "
+                                         "stopped improving (the best epoch's weights are kept)")
 
     def append_log(self, text: str) -> None:
         if text:
@@ -783,9 +804,15 @@ def _epoch_line(event: dict) -> str:
     return "  ".join(parts)
 
 
-PER_CLASS_COLUMNS = (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
-                     ("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("auc", "AUC"),
-                     ("support", "n"))
+# (metric key, column title, header tooltip)
+PER_CLASS_COLUMNS = (("precision", "Precision", "Share of images called this class that are this class"),
+                     ("recall", "Recall", "Share of this class's images called this class"),
+                     ("f1", "F1", "Harmonic mean of precision and recall"),
+                     ("sensitivity", "Sens.", "Sensitivity (one vs rest) = recall: true positive rate"),
+                     ("specificity", "Spec.", "Specificity (one vs rest): share of the other classes' images "
+                                              "not called this class"),
+                     ("auc", "AUC", "Area under the one-vs-rest ROC curve"),
+                     ("support", "n", "Validation images of this class"))
 
 
 class ModelColumn(QWidget):
@@ -798,12 +825,13 @@ class ModelColumn(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.table = QTableWidget(0, len(PER_CLASS_COLUMNS))
-        self.table.setHorizontalHeaderLabels([title for _, title in PER_CLASS_COLUMNS])
+        for col, (_key, title, tip) in enumerate(PER_CLASS_COLUMNS):
+            header = QTableWidgetItem(title)
+            header.setToolTip(tip)
+            self.table.setHorizontalHeaderItem(col, header)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setToolTip("One-vs-rest per class on the validation split. Sensitivity = recall; specificity = "
-                              "share of the other classes' images not called this class.")
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.confusion = FigureView("")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -830,7 +858,7 @@ class ModelColumn(QWidget):
         self.table.setRowCount(len(per_class))
         self.table.setVerticalHeaderLabels(list(per_class))
         for row, (label, values) in enumerate(per_class.items()):
-            for col, (key, _) in enumerate(PER_CLASS_COLUMNS):
+            for col, (key, _title, _tip) in enumerate(PER_CLASS_COLUMNS):
                 value = values.get(key)
                 text = str(int(value)) if key == "support" and value is not None else _fmt(value)
                 item = QTableWidgetItem(text)
@@ -843,16 +871,16 @@ class ModelColumn(QWidget):
 
     def _fit_table_height(self) -> None:
         """As tall as its rows (up to 8, then it scrolls), so the confusion matrix gets the rest."""
-        self.table.resizeRowsToContents()
         rows = min(self.table.rowCount(), 8)
-        height = self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
-        height += sum(self.table.rowHeight(r) for r in range(rows))
-        self.table.setFixedHeight(height)
+        height = (self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
+                  + rows * self.table.verticalHeader().defaultSectionSize())
+        self.table.setFixedHeight(height + 2)
 
 
 def summary_text(m: dict) -> str:
     """Accuracy, balanced accuracy, macro F1 / AUC in one line a person reads at a glance."""
-    parts = [f"Accuracy {_fmt(m.get('accuracy'))}"]
+    parts = [f"{int(m['n'])} validation images"] if m.get("n") is not None else []
+    parts.append(f"accuracy {_fmt(m.get('accuracy'))}")
     if m.get("balanced_accuracy") is not None:
         parts.append(f"balanced accuracy {_fmt(m['balanced_accuracy'])}")
     f1s = [v["f1"] for v in m.get("per_class", {}).values() if v.get("f1") is not None]
@@ -860,16 +888,16 @@ def summary_text(m: dict) -> str:
         parts.append(f"macro F1 {_fmt(sum(f1s) / len(f1s))}")
     if m.get("macro_auc") is not None:
         parts.append(f"macro AUC {_fmt(m['macro_auc'])}")
-    if m.get("n") is not None:
-        parts.append(f"{int(m['n'])} validation images")
     return " · ".join(parts)
 
 
-# Figure tabs: (tab title, ((which model, figure key), ...)) — each view shows one rendered figure.
+# Figure tabs: (tab title, ((which model, figure key, caption), ...)) — each view shows one rendered figure.
 FIGURE_TABS = (
-    ("ROC curves", (("new", "roc"), ("active", "roc"))),
-    ("Calibration", (("new", "reliability_raw"), ("new", "reliability"), ("active", "reliability"))),
-    ("Training curves", (("new", "curves"),)),
+    ("ROC curves", (("new", "roc", "New model"), ("active", "roc", "{active}"))),
+    ("Calibration", (("new", "reliability_raw", "New model, before temperature scaling"),
+                     ("new", "reliability", "New model, after temperature scaling"),
+                     ("active", "reliability", "{active}, with its own temperature"))),
+    ("Training curves", (("new", "curves", "New model (saved in the bundle as plot.png)"),)),
 )
 
 
@@ -888,12 +916,23 @@ class ResultsPage(QWidget):
         cols.addWidget(self.active_column, 1)
         self.tabs.addTab(metrics_tab, "Metrics")
         self.figure_views: list[tuple[str, str, FigureView]] = []
+        self.active_captions: list[tuple[QLabel, str]] = []
         for title, views in FIGURE_TABS:
             tab = QWidget()
             row = QHBoxLayout(tab)
-            for which, key in views:
+            for which, key, caption in views:
+                label = QLabel(f"<b>{caption}</b>")
+                label.setAlignment(Qt.AlignmentFlag.AlignHCenter)
+                label.setWordWrap(True)    # long model names wrap instead of widening their column
+                label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+                if which == "active":
+                    self.active_captions.append((label, caption))
+                    label.setText(f"<b>{caption.format(active='Active model')}</b>")
                 view = FigureView("…")
-                row.addWidget(view, 1)
+                column = QVBoxLayout()
+                column.addWidget(label)
+                column.addWidget(view, 1)
+                row.addLayout(column, 1)
                 self.figure_views.append((which, key, view))
             self.tabs.addTab(tab, title)
 
@@ -932,6 +971,9 @@ class ResultsPage(QWidget):
             self.active_column.show_message("Active model", "No model is active in the viewer: nothing to compare.")
         else:
             self.active_column.show_report(active)
+        for label, caption in self.active_captions:
+            named = f"Active model: {active.name}" if active is not None and active.name else "Active model"
+            label.setText(f"<b>{caption.format(active=named)}</b>")
         for which, key, view in self.figure_views:
             report = new if which == "new" else active
             if report is None:
