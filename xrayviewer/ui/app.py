@@ -5,6 +5,7 @@ The window is shown first; the model (TensorFlow) loads afterwards in a worker, 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ class ScreenshotMode(QObject):
                  timeout_s: float = SCREENSHOT_TIMEOUT_S):
         super().__init__(window)
         self.window, self.out = window, Path(out)
-        self.select = str(Path(select).expanduser().resolve()) if select else None
+        self.select = os.path.realpath(Path(select).expanduser()) if select else None
         self.exit_code: int | None = None
         self._shown_at: float | None = None
         window.displayComplete.connect(self._on_complete)
@@ -83,10 +84,11 @@ class ScreenshotMode(QObject):
         self._timer.start(int(timeout_s * 1000))
 
     def _target(self) -> str | None:
-        return self.select or (str(self.window.current_path()) if self.window.current_path() else None)
+        current = self.window.current_path()
+        return self.select or (os.path.realpath(current) if current else None)
 
     def _on_complete(self, path: str) -> None:
-        if self.exit_code is None and path == self._target() and self._shown_at is None:
+        if self.exit_code is None and os.path.realpath(path) == self._target() and self._shown_at is None:
             self._shown_at = time.monotonic()
             self._poll_badges()
 
@@ -101,7 +103,7 @@ class ScreenshotMode(QObject):
         if self.exit_code is not None:
             return
         ex = self.window.current_explained()
-        if ex is None or ex.path != self._target():   # the user (or a late event) moved on: wait for it again
+        if ex is None or os.path.realpath(ex.path) != self._target():   # moved on meanwhile: wait again
             self._shown_at = None
             return
         QApplication.processEvents()
@@ -113,7 +115,7 @@ class ScreenshotMode(QObject):
             self.fail(f"could not write the screenshot to {self.out}")
 
     def _on_image_failed(self, path: str, message: str) -> None:
-        if path == self._target() or path == self.select:
+        if os.path.realpath(path) == self._target():
             self.fail(f"{path}: {message}")
 
     def _on_scanned(self, count: int) -> None:

@@ -3,6 +3,7 @@ image session and the model service. It holds no image logic of its own."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ class MainWindow(QMainWindow):
     - `model_service` (ModelService): `.classifier` (None until loaded), `.bundle_path`, `.segmenter`,
       signal `modelChanged(classifier)`; `use_model(path)` loads a bundle in the background and switches to it.
     - `current_path() -> Path | None`, `current_analysis()` (the classifier's Analysis of the image on screen, or
-      None), `folder_paths() -> list[Path]` (every file of the open folder, in folder order).
+      None), `current_explained()` (everything on screen: analysis, method, class_index, heatmap, lung mask and
+      attention, model_key — or None), `folder_paths() -> list[Path]` (every file of the open folder, in order).
+    - `model_service.model_key` names the model a result came from (it changes with every load).
     - `open_path(path, select=None)` opens a folder (or one file); `select_path(path)` shows a file of the list.
     - `set_badge(path, ResultRow)` puts a prediction (or an error) on a file's thumbnail.
     Signals: `displayComplete(path)` when an image's prediction and heatmap are on screen, `folderScanned(count)`,
@@ -56,9 +59,10 @@ class MainWindow(QMainWindow):
         self.settings = app_settings()
         self.io_pool = QThreadPool(self)
         self.io_pool.setMaxThreadCount(2)
+        self.io_pool.setExpiryTimeout(-1)       # long-lived threads: each keeps one Python thread state
         self.model_pool = QThreadPool(self)     # TensorFlow work: one at a time (the classifier holds a lock anyway)
         self.model_pool.setMaxThreadCount(1)
-        self.model_pool.setStackSize(64 << 20)
+        self.model_pool.setExpiryTimeout(-1)
         self.model_service = ModelService(self.model_pool, self)
         self.session = ImageSession(self.model_service, self.io_pool, self.model_pool, self)
         self._scan = LatestRequest(self.io_pool, priority=20)
@@ -101,7 +105,7 @@ class MainWindow(QMainWindow):
     def open_path(self, path: str | Path, select: str | Path | None = None) -> None:
         """Open a folder (all radiographs under it) or a single file."""
         path = Path(path).expanduser()
-        self._pending_select = str(Path(select).expanduser().resolve()) if select else None
+        self._pending_select = os.path.realpath(Path(select).expanduser()) if select else None
         if path.is_dir():
             self._open_folder(path.resolve())
         elif path.exists():
@@ -115,12 +119,18 @@ class MainWindow(QMainWindow):
         self._start_folder(Path(files[0]).parent if files else None,
                            f"{len(files)} file{'s' if len(files) != 1 else ''}")
         if not self._pending_select and files:
-            self._pending_select = files[0]
+            self._pending_select = os.path.realpath(files[0])
         self._on_scan_chunk(files)
         self._on_scan_done(len(files))
 
     def select_path(self, path: str | Path) -> bool:
-        return self.folder_panel.select_path(str(Path(path).resolve()))
+        """Show this file if it is in the list (as given, or the same file by its real path)."""
+        path = Path(path).expanduser()
+        if self.folder_panel.select_path(str(path.absolute())):
+            return True
+        real = os.path.realpath(path)
+        match = next((p for p in self.folder_panel.all_paths() if os.path.realpath(p) == real), None)
+        return match is not None and self.folder_panel.select_path(match)
 
     def set_badge(self, path: str | Path, row: ResultRow) -> None:
         if row.path != str(path):
@@ -372,9 +382,13 @@ class MainWindow(QMainWindow):
             self.session.queue_background(paths)
         if self.folder_panel.current_path() is None:
             target = self._pending_select
-            if target is None or target in truths:
-                self.folder_panel.select_path(target or paths[0])
-                self._pending_select = None
+            if target is None:
+                self.folder_panel.select_path(paths[0])
+            else:
+                match = next((p for p in paths if os.path.realpath(p) == target), None)
+                if match is not None:
+                    self.folder_panel.select_path(match)
+                    self._pending_select = None
 
     def _on_scan_done(self, count: int) -> None:
         self._scanning = False
