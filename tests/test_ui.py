@@ -515,3 +515,38 @@ def test_window_level_sliders_and_model_menu_and_dialogs(qtbot, window, folder, 
     dialog = dialogs.model_card_dialog(card, window)
     assert "Trained on" in dialog.browser.toPlainText()
     dialog.close()
+
+
+def test_gui_stays_responsive_on_a_synthetic_folder(qtbot, window, tmp_path):
+    """Synthetic twin of the real responsiveness test: large images (2400 px: display work on the GUI thread is
+    the risk), a slow fake model, navigation; a 10 ms timer never waits more than 150 ms."""
+    from PySide6.QtCore import QElapsedTimer, QTimer
+
+    root = tmp_path / "big"
+    for i in range(6):
+        write_png(root / ("covid" if i % 2 else "normal") / f"img{i}.png",
+                  marker_image((2400, 2000), (300 + 250 * i, 900), radius=40, seed=i))
+    clock = QElapsedTimer()
+    clock.start()
+    gaps, last = [], [0]
+
+    def tick():
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    timer.start()
+    open_with_fake(qtbot, window, root, delay=0.1)
+    wait_shown(qtbot, window)
+    for _ in range(3):
+        qtbot.keyClick(window.folder_panel.list, Qt.Key.Key_Right)
+        qtbot.wait(50)
+    wait_shown(qtbot, window, timeout=20_000)
+    window.viewer.set_window(0.4, 0.5)      # a window/level change re-renders the 2400 px image
+    qtbot.waitUntil(lambda: all(it.row is not None for it in window.folder_panel.model.items), timeout=30_000)
+    timer.stop()
+    assert len(gaps) > 20
+    assert max(gaps[1:]) < 150, f"GUI blocked {max(gaps[1:])} ms"

@@ -357,7 +357,8 @@ class ViewerPane(QWidget):
             return
         rows, cols = self.image.shape
         wl = f"W {self.state.width:.2f}  L {self.state.center:.2f}" + ("  inverted" if self.state.invert else "")
-        self.left_title.setText(f"Radiograph  ·  {cols}×{rows}  ·  {wl}")
+        zoom = f"{self.state.zoom * 100:.0f} %"
+        self.left_title.setText(f"Radiograph  ·  {cols}×{rows}  ·  {zoom}  ·  {wl}")
         ex = self.explained
         if ex is None:
             self.right_title.setText("Heatmap  ·  computing…" if self.show_heatmap else "Heatmap hidden")
@@ -465,6 +466,7 @@ class ViewerPane(QWidget):
         self.state.fit = True
         self.state.zoom = self.fit_zoom()
         self._apply_transform()
+        self._update_titles()
         self.stateChanged.emit()
 
     def actual_size(self) -> None:
@@ -474,6 +476,7 @@ class ViewerPane(QWidget):
         self.state.fit = False
         self.state.zoom = float(min(MAX_ZOOM, max(MIN_ZOOM, zoom)))
         self._apply_transform(source)
+        self._update_titles()
         self.stateChanged.emit()
 
     def zoom_by(self, factor: float) -> None:
@@ -520,3 +523,4 @@ class ViewerPane(QWidget):
         if self.state.fit and self.image is not None:
             self.state.zoom = self.fit_zoom()
             self._apply_transform()
+            self._update_titles()
