@@ -195,7 +195,7 @@ class RadiographCanvas(QGraphicsView):
 
     def resizeEvent(self, event):  # noqa: N802
         super().resizeEvent(event)
-        if self.message.isVisible():
+        if not self.message.isHidden():
             self._place_message()
         self.resized.emit(self)
 

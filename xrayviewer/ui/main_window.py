@@ -555,6 +555,8 @@ class MainWindow(QMainWindow):
 
     def _on_model_loading(self, path: str) -> None:
         self.model_label.setText(f"Loading model {Path(path).name}…")
+        if self.model_service.classifier is None:
+            self.prediction.set_model(f"loading {Path(path).name}…")
         self.statusBar().showMessage("Loading model…")
         if self.session.current_image is not None and self.model_service.classifier is None:
             self._on_explain_pending("Loading model…")
