@@ -277,14 +277,21 @@ def _cancel_at(cut: int, events: list[dict], cancel, cancelled_at: list[float]):
     return progress
 
 
-def test_cancel_at_random_points_keeps_every_model(tiny_dataset, models, tmp_path):
+@pytest.fixture(scope="module")
+def reference_run(tiny_dataset, tmp_path_factory):
+    """One uncut training run: its result (for the save tests) and its progress events (where cancels can land)."""
+    events: list[dict] = []
+    result = _job(tiny_dataset, tmp_path_factory.mktemp("cache")).run(progress=events.append)
+    assert result is not None
+    return result, events
+
+
+def test_cancel_at_random_points_keeps_every_model(tiny_dataset, reference_run, models, tmp_path):
     """10 seeded trials with the small-cnn base (fast to build), each cut at a random progress event."""
     import threading
 
     before = {"keep": _fingerprint(models / "keep"), "target": _fingerprint(models / "target")}
-    reference_events: list[dict] = []
-    reference = _job(tiny_dataset, tmp_path / "cache").run(progress=reference_events.append)
-    assert reference is not None
+    reference, reference_events = reference_run
     kinds = [e["kind"] for e in reference_events]
     assert kinds[-1] == "done" and {"features", "batch", "epoch", "stage"} <= set(kinds)
 
@@ -354,3 +361,47 @@ def test_cancel_while_building_the_full_model_stops_within_seconds(tiny_dataset,
     assert result is None
     if waited > 3.0:
         pytest.xfail(f"{_SLOW_BUILD} Measured: {waited:.1f} s.")
+
+
+# ------------------------------------------------------------------- the training dialog's Save, when it cannot
+
+
+def _dialog_save(qtbot, result, name: str) -> str:
+    """Save `result` through the training dialog's Save button; return the status line it ends with."""
+    from xrayviewer.ui.training_dialog import TrainingDialog
+
+    dialog = TrainingDialog(None)
+    qtbot.addWidget(dialog)
+    dialog.result = result
+    dialog.results_page.name_edit.setText(name)
+    dialog.results_page.save_button.setEnabled(True)
+    dialog.save()
+    status = dialog.results_page.save_status
+    qtbot.waitUntil(lambda: status.text().startswith(("Not saved", "Saved")), timeout=60_000)
+    assert dialog.results_page.save_button.isEnabled(), "Save stays disabled after a failed save"
+    return status.text()
+
+
+@pytest.mark.parametrize("failure", ["disk full", "read-only (patched)", "models folder under a file"])
+def test_training_dialog_save_failure_says_why_and_keeps_the_models(qtbot, reference_run, previous_models, tmp_path,
+                                                                   monkeypatch, failure):
+    data = tmp_path / "data"
+    Path(shutil.copytree(previous_models, data / "models"))
+    before = {"keep": _fingerprint(data / "models" / "keep"), "target": _fingerprint(data / "models" / "target")}
+    monkeypatch.setenv("XRAYVIEWER_DATA_DIR", str(data))
+    if failure == "disk full":
+        monkeypatch.setattr(bundle_module, "_fsync_file", _no_space)
+        words = ("No space left on device",)
+    elif failure == "read-only (patched)":  # as root, chmod 555 would not stop the write: force the error
+        monkeypatch.setattr(bundle_module.tempfile, "mkdtemp", _read_only)
+        words = ("Permission denied",)
+    else:  # a real OS error, no patch: the models folder's parent is a regular file
+        blocker = tmp_path / "blocker"
+        blocker.write_text("not a folder")
+        monkeypatch.setenv("XRAYVIEWER_DATA_DIR", str(blocker))
+        words = ("Not a directory", "exists")
+    text = _dialog_save(qtbot, reference_run[0], "robustness test model")
+    assert text.startswith("Not saved"), text
+    assert any(w in text for w in words), text
+    assert "Traceback" not in text and 'File "' not in text
+    _assert_previous_intact(data / "models", before)
