@@ -430,3 +430,22 @@ def test_install_adds_train_and_models_actions(qtbot, monkeypatch):
     launcher.training_dialog.close()
     launcher.models_manager.close()
     _wait_idle(qtbot)
+
+
+def test_the_real_main_window_offers_train_and_models(qtbot, tmp_path, monkeypatch):
+    from xrayviewer.ui.main_window import MainWindow
+
+    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))
+    win = MainWindow()
+    qtbot.addWidget(win)
+    actions = {a.text(): a for a in win.menu("Model").actions()}
+    assert {"Train…", "Manage models…"} <= set(actions)
+    assert actions["Train…"].shortcut().toString() == "Ctrl+T"
+    actions["Train…"].trigger()
+    dialog = win._training_launcher.training_dialog
+    assert dialog.isVisible() and dialog.parent() is win
+    service_path = win.model_service.bundle_path
+    assert dialog.active_bundle_path() == (Path(service_path) if service_path else None)
+    dialog.close()
+    win.close()
+    _wait_idle(qtbot)

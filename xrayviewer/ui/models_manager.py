@@ -76,7 +76,7 @@ def scan_models(dirs: list[tuple[Path, bool]]) -> list[ModelEntry]:
 
 
 def rename_bundle(path: Path, new_name: str) -> Path:
-    """Set `name` in model.json, atomically (temp file in the same folder, fsync, replace). The folder keeps its name."""
+    """Set `name` in model.json atomically (temp file in the same folder, fsync, replace); the folder keeps its name."""
     new_name = new_name.strip()
     if not new_name:
         raise ValueError("a model needs a name")

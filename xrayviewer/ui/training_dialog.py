@@ -7,7 +7,6 @@ training, evaluation, figure rendering, saving — runs in a `Worker`; the GUI t
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 import time
@@ -56,6 +55,7 @@ THUMB_PX = 72
 CURVE_REDRAW_MS = 250          # live curves redraw at most 4x per second
 BATCH_EVENT_MIN_S = 0.05       # head epochs on cached features are fast: forward at most 20 batch events/s
 PAGES = ("Data", "Settings", "Training", "Results")
+MAX_LISTED_PATHS = 200         # per problem in the Data page's list (thousands of tree items would stall the GUI)
 
 
 # ---------------------------------------------------------------- work functions (worker threads; no Qt widgets)
@@ -68,7 +68,7 @@ class FolderCheck:
     thumbnails: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
-def check_folder(root: Path, *, progress: Callable[[Any], None], cancel: threading.Event) -> FolderCheck:
+def check_folder(root: Path, *, cancel: threading.Event) -> FolderCheck:
     """discover_dataset + a few thumbnails per class (unreadable ones are skipped: the problems list names them)."""
     import cv2
 
@@ -91,7 +91,6 @@ def check_folder(root: Path, *, progress: Callable[[Any], None], cancel: threadi
             size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
             thumbnails[label].append(np.ascontiguousarray(to_uint8(cv2.resize(pixels, size,
                                                                               interpolation=cv2.INTER_AREA))))
-        progress({"kind": "thumbnails", "label": label})
     return FolderCheck(dataset, thumbnails)
 
 
@@ -170,7 +169,7 @@ def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: 
     return {name: render_figure(fig) for name, fig in figures.items()}
 
 
-def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable[[Any], None],
+def build_reports(result: Any, active_bundle: Path | None, *,
                   cancel: threading.Event) -> tuple[ModelReport, ModelReport | None]:
     """Figures for the new model, then the active model evaluated on the same validation split."""
     new = ModelReport("New model", metrics=result.metrics,
@@ -180,7 +179,6 @@ def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable
                       calibration=(f"ECE {_fmt(result.metrics_uncalibrated.get('ece'))} → "
                                    f"{_fmt(result.metrics.get('ece'))} after temperature scaling "
                                    f"(T = {result.temperature:.2f}, fitted on the validation split)"))
-    progress({"kind": "report", "which": "new"})
     if active_bundle is None:
         return new, None
     check_cancel(cancel)
@@ -198,11 +196,12 @@ def build_reports(result: Any, active_bundle: Path | None, *, progress: Callable
         active.figures = _model_figures(metrics)
         active.calibration = (f"ECE {_fmt(metrics.get('ece'))} with the model's own temperature "
                               f"(T = {bundle.temperature:.2f})")
-        seen = _trained_on(bundle, result.validation.get("sha256", []))
+        validation = result.validation.get("sha256", [])
+        seen = _trained_on(bundle, validation)
         if seen:
-            active.calibration += (f"<br><span style='color:#b00020'>{seen} of these {len(result.validation['sha256'])} "
-                                   "validation images were in this model's own training data: its figures here "
-                                   "are optimistic.</span>")
+            active.calibration += (f"<br><span style='color:#b00020'>{seen} of these {len(validation)} validation "
+                                   "images were in this model's own training data: its figures here are "
+                                   "optimistic.</span>")
     except Cancelled:
         raise
     except (BundleError, TrainingError) as exc:  # shown beside the new model; the new model's results stand
@@ -456,8 +455,10 @@ class DataPage(QWidget):
             top = QTreeWidgetItem(self.problems, [f"{severity.capitalize()}: {problem.message}"])
             top.setIcon(0, icons[severity])
             top.setToolTip(0, problem.message)
-            for path in problem.paths:
+            for path in problem.paths[:MAX_LISTED_PATHS]:
                 QTreeWidgetItem(top, [str(path)])
+            if len(problem.paths) > MAX_LISTED_PATHS:
+                QTreeWidgetItem(top, [f"… and {len(problem.paths) - MAX_LISTED_PATHS} more"])
             top.setExpanded(len(problem.paths) <= 5)
 
     def problem_texts(self) -> list[str]:
@@ -1170,8 +1171,8 @@ class TrainingDialog(QDialog):
             return
         dest = user_models_dir() / bundle_dir_name(name)
         if dest.exists():  # never overwrite: the user picks another name
-            self.results_page.save_status.setText(f"A model folder named “{dest.name}” already exists in {dest.parent}; "
-                                                  "choose another name.")
+            self.results_page.save_status.setText(f"A model folder named “{dest.name}” already exists in "
+                                                  f"{dest.parent}; choose another name.")
             return
         self.results_page.save_button.setEnabled(False)
         self.results_page.save_status.setText(f"Saving to {dest} …")
