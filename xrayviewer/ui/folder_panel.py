@@ -466,6 +466,7 @@ class FolderPanel(QWidget):
         self.counts.setText(" · ".join(parts))
 
     def refresh_order(self) -> None:
-        """Re-apply filter and sort after badges arrived (keeps the current image selected)."""
+        """Re-apply filter and sort once the badges are in (keeps the current image selected)."""
+        if self.proxy.mode == "all" and self.proxy.sort_key == "name":
+            return
         self._keep_current(lambda: (self.proxy.invalidate(), self.proxy.sort(0, Qt.SortOrder.AscendingOrder)))
-

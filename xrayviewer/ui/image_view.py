@@ -257,9 +257,6 @@ class ViewerPane(QWidget):
     def canvases(self) -> tuple[RadiographCanvas, RadiographCanvas]:
         return self.left, self.right
 
-    def visible_canvases(self) -> list[RadiographCanvas]:
-        return [self.right] if self.overlay else [self.left, self.right]
-
     # --- content
     def _show_idle(self) -> None:
         self.left.show_message("Open a folder or drop radiographs here  (File › Open folder…, Ctrl+O)")

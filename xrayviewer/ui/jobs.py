@@ -66,10 +66,6 @@ class Caches:
         self.heatmaps = LRUCache(max_bytes=300 << 20, max_items=400)    # (sha, model, method, class) -> heatmap
         self.lungs = LRUCache(max_bytes=100 << 20, max_items=200)       # (sha, shape) -> (mask, outline)
 
-    def clear(self) -> None:
-        for cache in (self.images, self.analyses, self.heatmaps, self.lungs):
-            cache.clear()
-
 
 def display_shape(shape: tuple[int, int]) -> tuple[int, int]:
     rows, cols = shape

@@ -311,6 +311,7 @@ class MainWindow(QMainWindow):
         s.rowReady.connect(self.folder_panel.model.set_row)
         s.rowReady.connect(self._update_progress)
         s.backgroundFinished.connect(self._update_progress)
+        s.backgroundFinished.connect(self.folder_panel.refresh_order)
         ms.loadStarted.connect(self._on_model_loading)
         ms.modelChanged.connect(self._on_model_changed)
         ms.loadFailed.connect(self._on_model_failed)
@@ -686,6 +687,7 @@ class MainWindow(QMainWindow):
         for worker in self._thumb_workers:
             discard(worker)
         self.session.shutdown()
+        self.model_service.cancel()
         cancel_all_and_wait(3000)
 
     def closeEvent(self, event):  # noqa: N802

@@ -77,12 +77,12 @@ class ModelService(QObject):
         self.loading_path = None
         self.modelChanged.emit(classifier)
 
-    def describe(self) -> str:
-        """"name version" of the current model, for status lines."""
-        bundle = getattr(self.classifier, "bundle", None)
-        if bundle is None:
-            return "no model"
-        return f"{getattr(bundle, 'name', 'model')} {getattr(bundle, 'version', '')}".strip()
+    def cancel(self) -> None:
+        """Drop a load in progress (window closing); the collector is switched back on."""
+        if self.loading_path is not None:
+            self._slot.cancel()
+            self.loading_path = None
+            gc.enable()
 
     def _on_loaded(self, loaded: LoadedModel) -> None:
         if self.loading_path is None or Path(loaded.path) != self.loading_path:

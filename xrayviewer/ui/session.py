@@ -188,12 +188,6 @@ class ImageSession(QObject):
         self._prefetch.submit(worker)
 
     # --- badges for the whole folder
-    def classify_in_background(self, paths: list[str]) -> None:
-        """Queue badge computation for these files (replaces any earlier queue)."""
-        self.stop_background()
-        self._background.extend(str(p) for p in paths)
-        self._next_background()
-
     def queue_background(self, paths: list[str]) -> None:
         """Add files to the badge queue (a folder scan streams them in chunks)."""
         self._background.extend(str(p) for p in paths)
