@@ -208,3 +208,24 @@ def test_engine_on_a_small_real_subset(real_dataset):
     assert result.history["accuracy"][-1] > 1 / 3 + 0.1      # above chance on its training data
     assert set(result.validation["sources"]) <= {"hms", "ieee8023", "nih", "kermany", "jsrt", "nihdcm"}
     assert json.dumps(result.meta())                            # model.json content is JSON
+
+
+def test_evaluate_bundle_on_split_gives_the_saved_models_own_metrics(trained, tmp_path):
+    """The dialog's side-by-side column: a bundle evaluated on the result's validation split."""
+    from xrayviewer.training.engine import evaluate_bundle_on_split
+
+    _job, result, _events = trained
+    path = result.save(tmp_path / "same", name="same")
+    metrics = evaluate_bundle_on_split(path, result)
+    assert metrics["confusion_matrix"] == result.metrics["confusion_matrix"]
+    assert metrics["ece"] == pytest.approx(result.metrics["ece"], abs=1e-4)
+    assert metrics["per_class"]["bright"]["auc"] == pytest.approx(result.metrics["per_class"]["bright"]["auc"])
+
+
+def test_evaluate_bundle_with_other_classes_says_why(trained):
+    from xrayviewer.paths import DEFAULT_MODEL_DIR
+    from xrayviewer.training.engine import evaluate_bundle_on_split
+
+    _job, result, _events = trained
+    with pytest.raises(TrainingError, match="cannot be compared"):
+        evaluate_bundle_on_split(DEFAULT_MODEL_DIR, result)
