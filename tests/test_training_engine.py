@@ -229,3 +229,17 @@ def test_evaluate_bundle_with_other_classes_says_why(trained):
     _job, result, _events = trained
     with pytest.raises(TrainingError, match="cannot be compared"):
         evaluate_bundle_on_split(DEFAULT_MODEL_DIR, result)
+
+
+def test_cancel_during_feature_extraction_stops_after_the_current_batch(disc_dataset, tmp_path):
+    cancel = threading.Event()
+
+    def progress(event):
+        if event["kind"] == "features" and event["done"] > 0:
+            cancel.set()
+
+    fresh = Augmentation(rotation_deg=5.0)                       # a cache key no other test has filled
+    extractor = FeatureExtractor(augmentation=fresh, cache_root=tmp_path / "features")
+    config = TrainingConfig(**{**SYNTH_CONFIG, "augmentation": fresh})
+    assert FineTuneJob(disc_dataset, config, extractor=extractor).run(progress=progress, cancel=cancel) is None
+    assert extractor.base_batches == 1

@@ -234,6 +234,8 @@ class FeatureExtractor:
             chunk = todo[start:start + EXTRACT_BATCH]
             batch = []
             for i, v in chunk:
+                if cancel is not None and cancel.is_set():   # decoding a big image takes a while: check often
+                    raise ExtractionCancelled()
                 if decoded is None or decoded[0] != i:
                     decoded = (i, read(sources[i].path))
                 batch.append(self.model_input(decoded[1], sources[i].sha256, v))
