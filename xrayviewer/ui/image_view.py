@@ -9,6 +9,7 @@ image pixel for pixel at every zoom, rotation and flip.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
@@ -16,7 +17,7 @@ from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath, QPen, QPixmap,
 from PySide6.QtWidgets import (QFrame, QGraphicsPathItem, QGraphicsPixmapItem, QGraphicsScene, QGraphicsView,
                                QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget)
 
-from xrayviewer.imaging.display import colorize, to_uint8, window_level
+from xrayviewer.imaging.display import colormap_table, to_uint8, window_level
 from xrayviewer.ui.jobs import LEVELS, METHODS, Explained, LoadedImage
 
 COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma")    # matplotlib names (imaging.display.colorize)
@@ -37,11 +38,22 @@ def pixmap_rgba(rgba: np.ndarray) -> QPixmap:
     return QPixmap.fromImage(QImage(rgba.data, cols, rows, rgba.strides[0], QImage.Format.Format_RGBA8888))
 
 
+@lru_cache(maxsize=8)
+def _rgba_table(colormap: str) -> np.ndarray:
+    """(256, 4) uint8: the colormap's RGB table (imaging.display) with an opaque alpha column."""
+    table = np.full((256, 4), 255, np.uint8)
+    table[:, :3] = colormap_table(colormap)
+    return table
+
+
 def heatmap_rgba(heatmap: np.ndarray, colormap: str, inside: np.ndarray | None = None) -> np.ndarray:
-    """Colour a 0..1 heatmap; pixels outside `inside` (a bool mask of the same shape) are transparent."""
-    rgba = np.empty(heatmap.shape + (4,), np.uint8)
-    rgba[..., :3] = colorize(heatmap, colormap)
-    rgba[..., 3] = 255 if inside is None else np.where(inside, 255, 0).astype(np.uint8)
+    """Colour a 0..1 heatmap; pixels outside `inside` (a bool mask of the same shape) are transparent.
+
+    One table look-up into RGBA (a third of the time of colouring RGB and then adding alpha).
+    """
+    rgba = _rgba_table(colormap)[to_uint8(heatmap)]
+    if inside is not None:
+        rgba[~inside, 3] = 0
     return rgba
 
 
