@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -1230,16 +1230,23 @@ class TrainingDialog(QDialog):
 # ---------------------------------------------------------------- install into the main window
 
 class _Launcher(QObject):
-    """Owns the dialogs opened from the menu; a child of the window so it lives as long as the window."""
+    """Owns the dialogs opened from the menu; a child of the window so it lives as long as the window.
+
+    Also guards the window: closing it while a training runs asks first, like closing the dialog does.
+    """
 
     def __init__(self, window: Any):
         super().__init__(window if isinstance(window, QObject) else None)
         self.window_ = window
         self.training_dialog: TrainingDialog | None = None
         self.models_manager: QDialog | None = None
+        if isinstance(window, QObject):
+            window.installEventFilter(self)
 
     def open_training(self) -> TrainingDialog:
         if self.training_dialog is None or not self.training_dialog.isVisible():
+            if self.training_dialog is not None:
+                self.training_dialog.deleteLater()     # a closed dialog is not reused: each run starts fresh
             self.training_dialog = TrainingDialog(self.window_)
         self.training_dialog.show()
         self.training_dialog.raise_()
@@ -1250,10 +1257,26 @@ class _Launcher(QObject):
         from xrayviewer.ui.models_manager import ModelsManagerDialog
 
         if self.models_manager is None or not self.models_manager.isVisible():
+            if self.models_manager is not None:
+                self.models_manager.deleteLater()
             self.models_manager = ModelsManagerDialog(self.window_)
         self.models_manager.show()
         self.models_manager.raise_()
         return self.models_manager
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        if watched is self.window_ and event.type() == QEvent.Type.Close:
+            dialog = self.training_dialog
+            if dialog is not None and dialog.is_training():
+                answer = QMessageBox.question(self.window_, "Training is running",
+                                              "A training is running. Stop it and quit? Nothing will be saved.",
+                                              QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                              QMessageBox.StandardButton.No)
+                if answer != QMessageBox.StandardButton.Yes:
+                    event.ignore()
+                    return True                        # the window stays open, the training goes on
+                dialog.cancel_training()               # the window's shutdown then waits for the worker
+        return False
 
 
 def install(window: Any) -> _Launcher:
