@@ -95,6 +95,10 @@ def test_audit_limit_and_cancel(synthetic, segmenter, tmp_path):
     root, classifier, _bundle = synthetic
     limited = run_audit(root, classifier, segmenter, tmp_path / "limited", limit=2)
     assert limited["images"] == 4 and limited["limit_per_class"] == 2
+    subset = run_audit(root, classifier, segmenter, tmp_path / "subset", only=["a/img0.png", "b/img1.png"])
+    assert subset["images"] == 2 and subset["subset"] == "2 listed files"
+    with pytest.raises(ValueError, match="none of the"):
+        run_audit(root, classifier, segmenter, tmp_path / "none", only=["c/x.png"])
     cancel = threading.Event()
 
     def stop_after_three(event):
@@ -114,6 +118,8 @@ def test_audit_cli(synthetic, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Shortcut audit" in printed and (out / "summary.json").is_file()
     assert cli_main(["audit", str(tmp_path / "nowhere"), "--model", str(bundle)]) == 2
+    assert cli_main(["audit", str(root), "--model", str(bundle), "--validation-only"]) == 2
+    assert "validation" in capsys.readouterr().err
     assert cli_main(["audit", str(root), "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "model.json" in err and "Traceback" not in err
@@ -124,6 +130,7 @@ def test_audit_cli(synthetic, tmp_path, capsys):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_audit_of_the_shipped_model_on_real_images(shared_data, segmenter, tmp_path, artifacts_dir):
     from xrayviewer.model.classifier import Classifier
 

@@ -113,6 +113,7 @@ def _flag_rate(classifier, radiographs) -> float:
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_real_radiographs_pass_and_other_images_are_flagged(shared_data, cxr_manifest, shipped):
     from xrayviewer.imaging import read_radiograph
 

@@ -24,6 +24,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--out", metavar="REPORT_DIR", default="audit-report",
                         help="report folder (default: ./audit-report)")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N images per class (seeded random pick)")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="audit only the model's validation images (listed in its model.json): honest figures "
+                             "for a model trained on this folder")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     return parser
 
@@ -60,9 +63,15 @@ def run(args: argparse.Namespace) -> int:
         elif event["kind"] == "stage":
             print(f"\n{event['text']}", file=sys.stderr, flush=True)
 
+    only = None
+    if args.validation_only:
+        split = (classifier.bundle.meta.get("training") or {}).get("split") or {}
+        only = (split.get("validation") or {}).get("paths")
+        if not only:
+            return _fail(2, f"model '{classifier.bundle.name}' lists no validation images in its model.json")
     out = Path(args.out)
     try:
-        summary = run_audit(dataset, classifier, segmenter, out, progress=progress, limit=args.limit)
+        summary = run_audit(dataset, classifier, segmenter, out, progress=progress, limit=args.limit, only=only)
     except ValueError as err:
         return _fail(1, str(err))
     except OSError as err:

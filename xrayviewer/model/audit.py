@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import cv2
 import numpy as np
@@ -79,13 +79,14 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 def run_audit(dataset_root: str | os.PathLike, classifier, segmenter, out_dir: str | os.PathLike,
               progress: Progress | None = None, cancel=None, limit: int | None = None,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, only: Collection[str] | None = None) -> dict[str, Any]:
     """Audit `classifier` on the folder-per-class dataset at `dataset_root`; write the report into `out_dir`.
 
     `progress(event)` gets dicts {"kind": "stage"|"image", ...}; `cancel` (threading.Event) stops after the current
     image and the report covers the images done so far (summary["cancelled"] is True). `limit`: images per class.
     Returns the summary (also written as summary.json). Images the classifier has no class for still count for
     lung attention and heatmaps; accuracy/AUC use the images whose folder names a class of the model.
+    `only`: audit just these files (paths relative to `dataset_root`, e.g. a model's validation split).
     """
     from xrayviewer.imaging import RadiographError, discover_dataset, read_radiograph
 
@@ -96,7 +97,13 @@ def run_audit(dataset_root: str | os.PathLike, classifier, segmenter, out_dir: s
         reasons = "; ".join(p.message for p in dataset.errors) or "no images in class folders"
         raise ValueError(f"nothing to audit in {dataset_root}: {reasons}")
     classes = list(classifier.classes)
-    items = _select(dataset.items, dataset.classes, limit, seed)
+    items = dataset.items
+    if only is not None:
+        wanted = {Path(p).as_posix() for p in only}
+        items = [item for item in items if Path(item.path).relative_to(dataset.root).as_posix() in wanted]
+        if not items:
+            raise ValueError(f"none of the {len(wanted)} listed files is in {dataset_root}")
+    items = _select(items, dataset.classes, limit, seed)
     _emit(progress, kind="stage", text=f"Auditing {len(items)} images")
 
     records: list[dict[str, Any]] = []
@@ -147,6 +154,7 @@ def run_audit(dataset_root: str | os.PathLike, classifier, segmenter, out_dir: s
         "model_path": str(getattr(classifier.bundle, "path", "")), "classes": classes,
         "lung_model": str(getattr(segmenter, "path", "") or ""),
         "images": len(records), "failed": failures, "limit_per_class": limit, "cancelled": cancelled,
+        "subset": None if only is None else f"{len(items)} listed files",
         "seconds": round(time.perf_counter() - started, 1),
         "lung_attention": _stats(attention_all),
         "lung_attention_by_class": {c: _stats([r["lung_attention"] for r in records if r["label"] == c])
@@ -199,7 +207,8 @@ def findings(summary: dict[str, Any]) -> list[str]:
     if only is not None:
         out.append(f"Macro AUC {only:.2f} with everything but the lungs blacked out.")
     by_source = summary.get("by_source") or {}
-    single = [s for s, v in by_source.items() if len(v["labels"]) == 1]
+    classes = set(summary["classes"])
+    single = [s for s, v in by_source.items() if len(classes & set(v["labels"])) == 1]
     if single:
         out.append(f"Sources holding a single class ({', '.join(single)}): a model can score by recognising the "
                    "source; compare classes within a source.")
@@ -216,14 +225,19 @@ def _fmt(value: Any, pct: bool = False) -> str:
 def summary_markdown(summary: dict[str, Any]) -> str:
     att = summary["lung_attention"]
     lines = [f"Shortcut audit of **{summary['model']}** on `{summary['dataset']}`: {summary['images']} images"
+             + (f" ({summary['subset']})" if summary.get("subset") else "")
              + (f" (at most {summary['limit_per_class']} per class)" if summary["limit_per_class"] else "")
              + (f", {len(summary['failed'])} unreadable" if summary["failed"] else "")
              + (", **cancelled** before the end" if summary["cancelled"] else "") + ".", ""]
-    lines += [f"- {f}" for f in summary["findings"]] + [""]
+    lines += [f"- {f}" for f in summary["findings"]]
+    lines += [f"- {summary['ood_flagged']} of the images as they are were flagged \"not a chest X-ray?\" by the "
+              "model's OOD check.", ""]
     lines += ["| lung attention | images | mean | median | share < 50 % |", "|---|---|---|---|---|",
               f"| all | {att['n']} | {_fmt(att['mean'], True)} | {_fmt(att['median'], True)} | "
               f"{_fmt(att['share_below_50'], True)} |"]
     for label, s in summary["lung_attention_by_class"].items():
+        if not s["n"]:
+            continue
         lines.append(f"| {label} | {s['n']} | {_fmt(s['mean'], True)} | {_fmt(s['median'], True)} | "
                      f"{_fmt(s['share_below_50'], True)} |")
     lines += ["", "| images | accuracy | macro AUC |", "|---|---|---|"]
