@@ -235,7 +235,8 @@ Median Dice {m['validation_dice_median']:.3f}; share of validation images with D
 ## Caveats
 - Almost all training images are adult COVID-19 cases from ieee8023, many of them figures from papers with burned-in
   arrows, letters and boxes; the JSRT share is small. Children (e.g. the Kermany set), lateral views, and very
-  unusual positioning are outside what it has seen.
+  unusual positioning are outside what it has seen; checked by eye on ../shared, masks of the Kermany children
+  sit on the lungs but can spill over a shoulder or the neck.
 - The V7 masks leave a hole where a device (pacemaker, LVAD) lies over a lung; the segmenter fills holes, so its
   masks include the lung under a device — slightly different from the reference there.
 - Dense consolidation or effusion can make a lung look like soft tissue; the mask may then miss part of that lung.
