@@ -55,16 +55,20 @@ def _cells(dialog, row) -> list[str]:
     return [dialog.table.item(row, c).text() for c in range(dialog.table.columnCount())]
 
 
-def test_lists_bundles_with_metrics_and_broken_one_with_its_error(qtbot, dirs):
+def test_lists_bundles_with_metrics_and_broken_one_with_its_error(qtbot, dirs, artifacts_dir):
     dialog = _open(qtbot, dirs)
+    dialog.show()
+    dialog.grab().save(str(artifacts_dir / "models_manager_broken.png"))
     names = [e.name for e in dialog.entries]
     assert sorted(names) == ["Broken model", "My model", "Shipped model"]
     mine = _cells(dialog, _row(dialog, "My model"))
-    assert "yours" in mine and "normal, pneumonia" in mine and "0.900" in mine and "OK" in mine
+    assert "yours" in mine and "normal, pneumonia" in mine and "0.900" in mine and "usable" in mine
     assert "shipped (read-only)" in _cells(dialog, _row(dialog, "Shipped model"))
     broken = _cells(dialog, _row(dialog, "Broken model"))
     assert any("damaged" in c for c in broken), broken   # the loader's reason, shown as-is
     assert "cannot be used" in dialog.status.text()
+    dialog.table.selectRow(_row(dialog, "Broken model"))
+    assert "damaged" in dialog.status.text() and "broken" in dialog.status.text()   # full reason and the folder
 
 
 def test_shipped_models_are_read_only(qtbot, dirs):
@@ -147,3 +151,19 @@ def test_use_in_viewer_calls_the_window(qtbot, dirs):
     assert window.used == [dirs[1][0] / "mine"]
     dialog.close()
     qtbot.waitUntil(lambda: not active_workers(), timeout=5000)
+
+
+def test_shipped_default_model_is_listed_read_only_with_its_metrics(qtbot, artifacts_dir):
+    from xrayviewer.paths import DEFAULT_MODEL_DIR
+
+    dialog = ModelsManagerDialog()            # the real folders: models/ and the (test) user models folder
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: not dialog.busy(), timeout=10000)
+    shipped = [e for e in dialog.entries if e.path == DEFAULT_MODEL_DIR.resolve()]
+    assert len(shipped) == 1 and shipped[0].read_only and not shipped[0].error
+    row = dialog.entries.index(shipped[0])
+    cells = _cells(dialog, row)
+    accuracy = load_bundle(DEFAULT_MODEL_DIR).metrics["validation"]["accuracy"]
+    assert f"{accuracy:.3f}" in cells and "shipped (read-only)" in cells
+    dialog.show()
+    dialog.grab().save(str(artifacts_dir / "models_manager.png"))

@@ -71,7 +71,8 @@ def scan_models(dirs: list[tuple[Path, bool]]) -> list[ModelEntry]:
     entries = []
     for folder, read_only in dirs:
         for path, bundle, error in scan_bundles(folder):
-            entries.append(ModelEntry(Path(path), bundle, "" if error is None else str(error), read_only))
+            reason = "" if error is None else str(error).replace(f"cannot use the model in {path}: ", "")
+            entries.append(ModelEntry(Path(path), bundle, reason, read_only))
     return entries
 
 
@@ -135,7 +136,7 @@ def _metric(entry: ModelEntry, key: str) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else ""
 
 
-COLUMNS = ("Name", "Where", "Classes", "Created", "Accuracy", "Macro AUC", "Status", "Folder")
+COLUMNS = ("Name", "Where", "Classes", "Created", "Accuracy", "Macro AUC", "Status")
 
 
 class ModelsManagerDialog(QDialog):
@@ -152,6 +153,9 @@ class ModelsManagerDialog(QDialog):
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
+        for column in ("Accuracy", "Macro AUC"):
+            self.table.horizontalHeaderItem(COLUMNS.index(column)).setToolTip(
+                "On the model's own validation split, as recorded in its model.json")
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -159,7 +163,7 @@ class ModelsManagerDialog(QDialog):
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COLUMNS.index("Status"), QHeaderView.ResizeMode.Stretch)
-        self.table.itemSelectionChanged.connect(self._update_buttons)
+        self.table.itemSelectionChanged.connect(self._on_selection)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -221,10 +225,10 @@ class ModelsManagerDialog(QDialog):
                      ", ".join(bundle.classes) if bundle is not None else "",
                      str(bundle.meta.get("created", ""))[:19].replace("T", " ") if bundle is not None else "",
                      _metric(entry, "accuracy"), _metric(entry, "macro_auc"),
-                     entry.error or "OK", str(entry.path))
+                     f"cannot be used: {entry.error}" if entry.error else "usable")
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
-                item.setToolTip(entry.error or str(entry.path))
+                item.setToolTip(f"{entry.path}\n{entry.error}" if entry.error else str(entry.path))
                 if entry.error:
                     item.setForeground(broken)
                 self.table.setItem(row, col, item)
@@ -247,6 +251,13 @@ class ModelsManagerDialog(QDialog):
         if not rows or rows[0].row() >= len(self.entries):
             return None
         return self.entries[rows[0].row()]
+
+    def _on_selection(self) -> None:
+        """The selected model's folder, and for a broken one the whole reason, below the table."""
+        entry = self.selected()
+        if entry is not None:
+            self.status.setText(f"{entry.path}" + (f"\nCannot be used: {entry.error}" if entry.error else ""))
+        self._update_buttons()
 
     def _update_buttons(self, *_: Any) -> None:
         entry, busy = self.selected(), self.busy()
