@@ -330,6 +330,9 @@ def test_cache_makes_revisits_instant_and_prefetches_neighbours(qtbot, window, f
     window.select_path(paths[0])
     wait_shown(qtbot, window, paths[0])
     qtbot.wait(200)
+    facts = window.prediction.facts
+    labels = [facts.itemAt(i).widget().text() for i in range(facts.count()) if facts.itemAt(i).widget()]
+    assert "Size" in labels and not window.prediction.status.isVisible()   # a cached image shows its facts too
     for path in paths[:2]:                 # each analysed once: prefetch, badges and revisits share the cache
         assert [p for p in fake.analyzed if p == str(path)] == [str(path)]
 

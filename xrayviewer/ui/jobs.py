@@ -247,11 +247,9 @@ class LoadedModel:
 
 def load_classifier(path: str) -> LoadedModel:
     """Classifier (+ LungSegmenter when models/lungs exists). Slow (TensorFlow import + weights): worker only."""
-    from xrayviewer.imaging.display import colormap_table
     from xrayviewer.model.classifier import Classifier
     from xrayviewer.paths import LUNG_MODEL_DIR
 
-    colormap_table("jet")   # imports matplotlib here, not on the GUI thread at the first heatmap
     # one warm-up pass traces the compiled functions now, while "Loading model…" shows, not at the first image
     warm_up = Radiograph.from_array(np.full((64, 64), 0.5, np.float32))
     loaded = LoadedModel(path, Classifier.load(path))

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QScrollA
                                QVBoxLayout, QWidget)
 
 from xrayviewer import APP_NAME, DISCLAIMER
+from xrayviewer.imaging.display import colormap_table
 from xrayviewer.paths import SHIPPED_MODELS_DIR, user_models_dir
 from xrayviewer.results import ResultRow
 from xrayviewer.ui import dialogs
@@ -69,7 +70,6 @@ class MainWindow(QMainWindow):
         self._thumb_workers: list[Worker] = []
         self._folder: Path | None = None
         self._pending_select: str | None = None
-        self._scanning = False
 
         self._build_widgets()
         self._build_actions()
@@ -78,6 +78,8 @@ class MainWindow(QMainWindow):
         self._build_statusbar()
         self._connect()
         self._restore_settings()
+        # the colormap tables come from matplotlib (a 0.3 s import): import it in a worker, not at the first heatmap
+        start_worker(Worker(colormap_table, self.viewer.colormap), self.io_pool, PRIORITY_BACKGROUND)
         from xrayviewer.ui.extensions import install_extensions
 
         self.extensions = install_extensions(self)
@@ -348,7 +350,6 @@ class MainWindow(QMainWindow):
     def _open_folder(self, folder: Path) -> None:
         self._start_folder(folder, folder.name or str(folder))
         self._remember_folder(folder)
-        self._scanning = True
         worker = Worker(scan_folder, str(folder))
         worker.signals.progress.connect(self._on_scan_chunk)
         worker.signals.returned.connect(self._on_scan_done)
@@ -392,7 +393,6 @@ class MainWindow(QMainWindow):
                     self._pending_select = None
 
     def _on_scan_done(self, count: int) -> None:
-        self._scanning = False
         if self._pending_select:
             missing = self._pending_select
             self._pending_select = None
@@ -405,7 +405,6 @@ class MainWindow(QMainWindow):
         self.folderScanned.emit(count)
 
     def _on_scan_failed(self, exc: BaseException) -> None:
-        self._scanning = False
         self.statusBar().showMessage(f"Could not read the folder: {exc}", 10000)
         self.viewer.left.show_message(f"Could not read the folder: {exc}", "error")
         self.folderScanned.emit(0)
@@ -440,14 +439,12 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------------------------ the image
     def _on_current_path(self, path: str) -> None:
-        self.session.select(path, self.folder_panel.neighbours())
+        # reset first: a cached image is shown synchronously inside session.select()
         self.viewer.show_explained(None)
         self.prediction.clear_result("…")
         self.prediction.show_image_facts(None, path)
         self.prediction.set_busy("Reading the image…")
-        row = self.session.known_row(path)
-        if row is not None and row.error:
-            self.prediction.set_error(row.error, "Cannot read this file")
+        self.session.select(path, self.folder_panel.neighbours())
 
     def _on_image_ready(self, image: LoadedImage) -> None:
         self.viewer.show_image(image)

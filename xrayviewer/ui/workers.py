@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import os
+import sys
 import itertools
 import threading
 import traceback
@@ -79,7 +81,7 @@ class Worker(QRunnable):
         self.fn, self.args, self.kwargs = _released, (), {}
 
     def run(self) -> None:  # runs on a pool thread
-        _pin_thread_state()
+        _prepare_pool_thread()
         sig = self.signals
         try:
             sig.started.emit(self.id)
@@ -110,20 +112,29 @@ class Worker(QRunnable):
                 pass
 
 
-_pinned = threading.local()
+_prepared = threading.local()
+BACKGROUND_NICE = 4     # pool threads yield the CPU to the GUI thread (Linux; threads TensorFlow starts inherit it)
 
 
-def _pin_thread_state() -> None:
-    """Keep this pool thread's Python thread state alive between runs.
+def _prepare_pool_thread() -> None:
+    """Once per pool thread: keep its Python thread state alive between runs, and lower its CPU priority.
 
     PySide creates a Python thread state for each run() on a Qt pool thread and deletes it afterwards; TensorFlow's
     pybind11 code remembers the thread state of the thread and later re-acquires the deleted one (a segfault the
     second time TensorFlow traces on that thread). One extra, never released PyGILState_Ensure per thread keeps a
-    single thread state for the thread's life.
+    single thread state for the thread's life. A slightly lower priority keeps the window's event loop on time
+    when decoding and TensorFlow keep both cores busy.
     """
-    if not getattr(_pinned, "done", False):
-        ctypes.pythonapi.PyGILState_Ensure()
-        _pinned.done = True
+    if getattr(_prepared, "done", False):
+        return
+    _prepared.done = True
+    ctypes.pythonapi.PyGILState_Ensure()
+    if sys.platform.startswith("linux"):   # elsewhere PRIO_PROCESS with a thread id would name a process
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
+        except OSError:
+            pass
 
 
 def check_cancel(cancel: threading.Event | None) -> None:
