@@ -502,3 +502,21 @@ def test_closing_the_window_while_training_asks_and_cancels(qtbot, clean_dataset
     dialog.hide()
     assert launcher.open_training() is not dialog
     launcher.training_dialog.close()
+
+
+def test_training_page_counts_epochs_and_estimates_time_left(qtbot):
+    page = training_dialog.TrainingPage()
+    qtbot.addWidget(page)
+    page.reset()
+    page.on_event({"kind": "features", "done": 0, "total": 40})
+    qtbot.wait(30)
+    page.on_event({"kind": "features", "done": 16, "total": 40})
+    assert page.bar.maximum() == 40 and page.bar.value() == 16 and "left" in page.eta_label.text()
+    page.on_event({"kind": "batch", "epoch": 1, "batch": 2, "batches": 5, "loss": 0.7, "acc": 0.5})
+    assert (page.bar.value(), page.bar.maximum()) == (2, 5)
+    page.on_event({"kind": "epoch", "epoch": 3, "epochs": 25, "loss": 0.5, "acc": 0.8, "val_loss": 0.6,
+                   "val_accuracy": 0.7, "seconds": 0.2, "eta_seconds": 125})
+    assert page.epoch_label.text() == "Epoch 3 / 25" and "2 min 05 s" in page.eta_label.text()
+    assert "val_acc 0.700" in page.log.toPlainText()
+    page.on_event({"kind": "done", "accuracy": 0.7, "seconds": 3})
+    assert "stopped early" in page.epoch_label.text()

@@ -712,6 +712,7 @@ class TrainingPage(QWidget):
         self.bar.setFormat("batch %v / %m")
         self.epoch_label = QLabel("Epoch –")
         self._planned_epochs = 0
+        self._features_started: tuple[float, int] | None = None
         self.eta_label = QLabel("")
         counters = QHBoxLayout()
         counters.addWidget(self.epoch_label)
@@ -737,6 +738,7 @@ class TrainingPage(QWidget):
         self.bar.setRange(0, 0)      # busy until the first batch says how many there are
         self.epoch_label.setText("Epoch –")
         self._planned_epochs = 0
+        self._features_started: tuple[float, int] | None = None
         self.eta_label.setText("")
         self.log.clear()
         self.curves.reset()
@@ -747,9 +749,17 @@ class TrainingPage(QWidget):
             self.stage.setText(str(event.get("text", "")))
             self.append_log(str(event.get("text", "")))
         elif kind == "features":
+            done, total = int(event.get("done", 0)), int(event.get("total", 0))
             self.bar.setFormat("base features %v / %m")
-            self.bar.setRange(0, int(event.get("total", 0)))
-            self.bar.setValue(int(event.get("done", 0)))
+            self.bar.setRange(0, total)
+            self.bar.setValue(done)
+            now = time.monotonic()
+            if done == 0 or self._features_started is None:
+                self._features_started = (now, done)
+            started, done_then = self._features_started
+            if done > done_then and total > done:   # time left from this run's own pace
+                eta = (now - started) / (done - done_then) * (total - done)
+                self.eta_label.setText(f"base features: about {_duration(eta)} left")
         elif kind == "batch":
             self.bar.setFormat("batch %v / %m")
             self.bar.setRange(0, int(event.get("batches", 0)))
