@@ -176,6 +176,7 @@ def test_folder_check_shows_counts_thumbnails_and_every_problem(qtbot, problem_d
 def test_dataset_with_errors_disables_start(qtbot, problem_dataset):
     dialog = _open(qtbot)
     _check(qtbot, dialog, problem_dataset)
+    assert dialog.settings_page.class_weights.isChecked()       # 24 vs 7 images: weighted by itself
     assert not dialog.data_page.result.dataset.ok
     assert not dialog.start_button.isEnabled() and not dialog.next_button.isEnabled()
     assert "error" in dialog.data_page.status.text()
@@ -190,15 +191,20 @@ def test_missing_folder_is_an_error_not_a_crash(qtbot, tmp_path):
     assert any("not found" in t for t in dialog.data_page.problem_texts())
 
 
-def test_clean_dataset_enables_start_and_settings_have_sensible_defaults(qtbot, clean_dataset):
+def test_clean_dataset_enables_start_and_settings_have_sensible_defaults(qtbot, clean_dataset, artifacts_dir):
     dialog = _open(qtbot)
+    dialog.resize(1000, 720)
     _check(qtbot, dialog, clean_dataset)
     assert dialog.start_button.isEnabled() and dialog.next_button.isEnabled()
+    dialog.next_button.click()
+    assert dialog.page_index == 1
+    dialog.grab().save(str(artifacts_dir / "training_dialog_settings.png"))
     s = dialog.settings_page
     assert (s.epochs.value(), s.batch_size.value(), s.learning_rate.value(), s.val_fraction.value(),
             s.seed.value()) == (25, 8, 1e-3, 0.2, 42)
     assert not s.hflip.isChecked() and "heart" in s.hflip.toolTip()
     assert not s.finetune_last_block.isChecked()
+    assert not s.class_weights.isChecked()                        # balanced folder
     assert s.split_by_patient.isChecked()
     for widget in (s.base, s.epochs, s.batch_size, s.learning_rate, s.val_fraction, s.seed, s.class_weights,
                    s.early_stopping, s.augmentation, s.variants, s.patient_pattern):

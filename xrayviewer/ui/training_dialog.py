@@ -470,6 +470,7 @@ class SettingsPage(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
+        from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN, MAX_IMBALANCE
         from xrayviewer.model.backbone import available_bases
         from xrayviewer.training.engine import TrainingConfig
         from xrayviewer.training.features import Augmentation
@@ -516,8 +517,6 @@ class SettingsPage(QWidget):
                                          "split inflates every metric.")
         self.patient_origin = QLabel()
         self.patient_origin.setWordWrap(True)
-        from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN
-
         self.default_pattern = d.patient_pattern or DEFAULT_PATIENT_PATTERN   # what discover_dataset applied
         self.patient_pattern = QLineEdit(self.default_pattern)
         self.patient_pattern.setPlaceholderText(r"e.g. ^(?P<patient>[^_]+)_  (a regular expression)")
@@ -539,7 +538,10 @@ class SettingsPage(QWidget):
         self.class_weights = QCheckBox("Weight classes by inverse frequency")
         self.class_weights.setChecked(d.class_weights)
         self.class_weights.setToolTip("For imbalanced folders: errors on a rare class then cost as much in total as "
-                                      "errors on a common one.")
+                                      "errors on a common one. Switched on by itself when the largest class has "
+                                      f"more than {MAX_IMBALANCE:g} times the images of the smallest.")
+        self._class_weights_chosen = False
+        self.class_weights.clicked.connect(self._on_class_weights_clicked)
         form.addRow("Class weights", self.class_weights)
         self.early_stopping = QCheckBox("Stop when the validation loss stops improving (keeps the best epoch)")
         self.early_stopping.setChecked(d.early_stopping)
@@ -598,9 +600,17 @@ class SettingsPage(QWidget):
         self._update_patient_origin()
 
     def set_dataset(self, dataset: Any) -> None:
-        """A newly checked folder: say where its patient ids come from."""
+        """A newly checked folder: say where its patient ids come from; weight classes if it is imbalanced."""
+        from xrayviewer.imaging.scan import MAX_IMBALANCE
+
         self.dataset = dataset
+        counts = [n for n in (dataset.counts().values() if dataset is not None else []) if n]
+        if counts and not self._class_weights_chosen:   # the user's own choice stands
+            self.class_weights.setChecked(max(counts) / min(counts) > MAX_IMBALANCE)
         self._update_patient_origin()
+
+    def _on_class_weights_clicked(self) -> None:
+        self._class_weights_chosen = True
 
     def split_by(self) -> str:
         """The engine's split_by: auto (the dataset's own ids), pattern (only when the user edited it), or file."""
