@@ -6,6 +6,7 @@ The window is shown first; the model (TensorFlow) loads afterwards in a worker, 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,11 @@ def run_app(args) -> int:
             screenshot.fail("no model bundle to load (models/default is missing; pass --model DIR)")
 
     QTimer.singleShot(0, start)   # after the first paint: the window is on screen before TensorFlow loads
+    # Ctrl+C in the terminal closes the window (Python only sees signals when the event loop lets it run)
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    wake = QTimer(window, interval=250)
+    wake.timeout.connect(lambda: None)
+    wake.start()
     code = app.exec()
     window.shutdown(save_settings=screenshot is None)
     if screenshot is not None and screenshot.exit_code is not None:

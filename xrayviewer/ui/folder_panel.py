@@ -259,13 +259,17 @@ class ThumbnailDelegate(QStyledItemDelegate):
             self._pill(painter, text_left, top, "⚠ unreadable", QColor("#b3261e"), sfm)
         elif row is not None and row.predicted:
             text = f"{row.predicted} {row.confidence:.0%}"
-            x = self._pill(painter, text_left, top, text, confidence_colour(row.confidence), sfm)
-            if row.ood_flag:
-                self._pill(painter, x + 4, top, "not a CXR?", QColor("#8a4b00"), sfm)
+            self._pill(painter, text_left, top, text, confidence_colour(row.confidence), sfm)
         else:
             painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText))
             painter.drawText(QRect(text_left, top, width, sfm.height() + 4), Qt.AlignmentFlag.AlignVCenter, "…")
         top += sfm.height() + 8
+        if row is not None and row.ood_flag:   # before the folder's class: it qualifies the whole prediction
+            painter.setPen(QColor("#ffb74d") if not selected else text_colour)
+            ood = "not a chest X-ray? · "
+            painter.drawText(QRect(text_left, top, width, sfm.height()), Qt.AlignmentFlag.AlignLeft, ood)
+            shift = sfm.horizontalAdvance(ood)
+            text_left, width = text_left + shift, width - shift
         if item.ground_truth:
             if item.mismatch:
                 painter.setPen(QColor("#ff8a80") if not selected else text_colour)
@@ -273,13 +277,14 @@ class ThumbnailDelegate(QStyledItemDelegate):
             else:
                 painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText) if not selected else text_colour)
                 text = f"{'✓ ' if row and row.predicted else ''}folder: {item.ground_truth}"
-            painter.drawText(QRect(text_left, top, width, sfm.height()), Qt.AlignmentFlag.AlignLeft, text)
+            painter.drawText(QRect(text_left, top, width, sfm.height()), Qt.AlignmentFlag.AlignLeft,
+                             sfm.elidedText(text, Qt.TextElideMode.ElideRight, width))
         if item.mismatch:   # a red edge makes mismatches findable while scrolling
             painter.fillRect(QRect(rect.left(), rect.top(), 3, rect.height()), QColor("#e05545"))
         painter.restore()
 
     @staticmethod
-    def _pill(painter: QPainter, x: int, y: int, text: str, colour: QColor, fm) -> int:
+    def _pill(painter: QPainter, x: int, y: int, text: str, colour: QColor, fm) -> None:
         w = fm.horizontalAdvance(text) + 12
         h = fm.height() + 4
         painter.setPen(Qt.PenStyle.NoPen)
@@ -287,7 +292,6 @@ class ThumbnailDelegate(QStyledItemDelegate):
         painter.drawRoundedRect(QRect(x, y, w, h), h / 2, h / 2)
         painter.setPen(QColor("#ffffff"))
         painter.drawText(QRect(x, y, w, h), Qt.AlignmentFlag.AlignCenter, text)
-        return x + w
 
 
 class FolderPanel(QWidget):
