@@ -526,3 +526,26 @@ def test_training_page_counts_epochs_and_estimates_time_left(qtbot):
     assert "val_acc 0.700" in page.log.toPlainText()
     page.on_event({"kind": "done", "accuracy": 0.7, "seconds": 3})
     assert "stopped early" in page.epoch_label.text()
+
+
+def test_an_impossible_split_is_a_clear_message_not_a_crash(qtbot, tmp_path):
+    """Every 'opaque' image belongs to one patient (by file name): no patient-disjoint split exists."""
+    root = make_dataset(tmp_path / "one_patient", per_class=PER_CLASS, classes=("clear",))
+    (root / "opaque").mkdir()
+    for i in range(PER_CLASS):
+        cv2.imwrite(str(root / "opaque" / f"pat-7_{i}.png"), _radiograph("opaque", i))
+    dialog = _open(qtbot)
+    _check(qtbot, dialog, root)
+    dialog.start_training()
+    qtbot.waitUntil(lambda: dialog.train_worker.done.is_set(), timeout=60000)
+    qtbot.waitUntil(lambda: "Training failed" in dialog.training_page.stage.text(), timeout=5000)
+    assert "patient" in dialog.training_page.stage.text()
+    assert "Traceback" not in dialog.training_page.log.toPlainText()
+    assert dialog.back_button.isEnabled() and dialog.result is None
+    _wait_idle(qtbot)
+
+
+@pytest.mark.parametrize("name, folder", [("My model", "My-model"), ("../../etc", "etc"), ("..", "model"),
+                                          ("Lungen-Modell ü", "Lungen-Modell"), ("covid v2.1", "covid-v2.1")])
+def test_model_names_become_safe_folder_names(name, folder):
+    assert training_dialog.bundle_dir_name(name) == folder
