@@ -1299,8 +1299,18 @@ class _Launcher(QObject):
         return False
 
 
+def warm_up() -> None:
+    """Import what the dialog needs (matplotlib figures, the engine, the dataset scanner: ~1 s together) in the
+    background, so that opening the dialog later does not freeze the window while they load."""
+    import matplotlib.figure  # noqa: F401
+
+    import xrayviewer.imaging.scan  # noqa: F401
+    import xrayviewer.training.engine  # noqa: F401
+
+
 def install(window: Any) -> _Launcher:
     """Add "Train…" (Ctrl+T) and "Manage models…" to the window's Model menu."""
+    start_worker(Worker(warm_up, tag="training-dialog-warm-up"))
     launcher = _Launcher(window)
     menu = window.menu("Model")
     train = menu.addAction("Train…")
