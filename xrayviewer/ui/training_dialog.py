@@ -1300,12 +1300,14 @@ class _Launcher(QObject):
 
 
 def warm_up() -> None:
-    """Import what the dialog needs (matplotlib figures, the engine, the dataset scanner: ~1 s together) in the
-    background, so that opening the dialog later does not freeze the window while they load."""
-    import matplotlib.figure  # noqa: F401
-
+    """Import what the dialog needs (matplotlib figures, the engine, the dataset scanner: ~1 s together) and draw
+    one small figure (matplotlib's font cache) in the background, so opening the dialog and its first live plot
+    later do not freeze the window."""
     import xrayviewer.imaging.scan  # noqa: F401
     import xrayviewer.training.engine  # noqa: F401
+    from xrayviewer.training.metrics import training_curves_figure
+
+    render_figure(training_curves_figure({"loss": [1.0, 0.5]}))
 
 
 def install(window: Any) -> _Launcher:
