@@ -553,3 +553,18 @@ def test_gui_stays_responsive_on_a_synthetic_folder(qtbot, window, tmp_path):
     timer.stop()
     assert len(gaps) > 20
     assert max(gaps[1:]) < 150, f"GUI blocked {max(gaps[1:])} ms"
+
+
+def test_pixel_readout_under_the_pointer(qtbot, window, tmp_path):
+    shape, marker = (400, 300), (100, 200)
+    path = write_png(tmp_path / "m" / "marker.png", marker_image(shape, marker, radius=20))
+    open_with_fake(qtbot, window, path)
+    wait_shown(qtbot, window)
+    canvas = window.viewer.right
+    spot = canvas.mapFromScene(QPointF(marker[1] + 0.5, marker[0] + 0.5))
+    qtbot.mouseMove(canvas.viewport(), spot)
+    qtbot.waitUntil(lambda: window.pixel_label.text().startswith(f"x {marker[1]}  y {marker[0]}"), timeout=2000)
+    text = window.pixel_label.text()
+    pixel = float(text.split("pixel ")[1].split()[0])
+    heat = float(text.split("heat ")[1].split()[0])
+    assert pixel > 0.9 and heat > 0.7          # the bright marker is where the heat is

@@ -77,6 +77,7 @@ class RadiographCanvas(QGraphicsView):
     scrolled = Signal(object)                  # canvas
     resized = Signal(object)
     fitRequested = Signal()
+    hovered = Signal(object)                   # QPointF in scene (= image pixel) coordinates, or None on leave
 
     def __init__(self, name: str, parent: QWidget | None = None):
         super().__init__(parent)
@@ -112,6 +113,7 @@ class RadiographCanvas(QGraphicsView):
         self.message.setWordWrap(True)
         self.message.hide()
         self._wl_drag: QPointF | None = None
+        self.viewport().setMouseTracking(True)   # pixel read-out under the pointer
         self.horizontalScrollBar().valueChanged.connect(self._emit_scrolled)
         self.verticalScrollBar().valueChanged.connect(self._emit_scrolled)
 
@@ -182,6 +184,7 @@ class RadiographCanvas(QGraphicsView):
         super().mousePressEvent(event)
 
     def mouseMoveEvent(self, event):  # noqa: N802
+        self.hovered.emit(self.mapToScene(event.position().toPoint()))
         if self._wl_drag is not None:
             delta = event.position() - self._wl_drag
             self._wl_drag = event.position()
@@ -197,6 +200,10 @@ class RadiographCanvas(QGraphicsView):
             event.accept()
             return
         super().mouseReleaseEvent(event)
+
+    def leaveEvent(self, event):  # noqa: N802
+        self.hovered.emit(None)
+        super().leaveEvent(event)
 
     def mouseDoubleClickEvent(self, event):  # noqa: N802
         if event.button() == Qt.MouseButton.LeftButton:
@@ -219,6 +226,7 @@ class ViewerPane(QWidget):
     """
 
     stateChanged = Signal()
+    pixelInfo = Signal(str)      # "x 512  y 300  ·  pixel 0.62  ·  heat 0.81" under the pointer ("" outside)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -262,6 +270,7 @@ class ViewerPane(QWidget):
             canvas.scrolled.connect(self._on_scrolled)
             canvas.resized.connect(self._on_resized)
             canvas.fitRequested.connect(self.fit)
+            canvas.hovered.connect(self._on_hover)
         self.left.heat_item.hide()
         self._show_idle()
 
@@ -377,6 +386,26 @@ class ViewerPane(QWidget):
             shown = "" if self.show_heatmap else "  (hidden)"
             self.right_title.setText(f"{METHODS.get(ex.method, ex.method)} for “{cls}”  ·  opacity "
                                      f"{round(self.opacity * 100)} %{extra}{shown}")
+
+    def _on_hover(self, point: QPointF | None) -> None:
+        image = self.image
+        if point is None or image is None:
+            self.pixelInfo.emit("")
+            return
+        x, y = int(point.x()), int(point.y())
+        rows, cols = image.shape
+        if not (0 <= x < cols and 0 <= y < rows):
+            self.pixelInfo.emit("")
+            return
+        text = f"x {x}  y {y}  ·  pixel {float(image.radiograph.pixels[y, x]):.3f}"
+        ex = self.explained
+        if ex is not None:
+            hr, hc = ex.heatmap.shape
+            text += f"  ·  heat {float(ex.heatmap[min(hr - 1, y * hr // rows), min(hc - 1, x * hc // cols)]):.2f}"
+            if ex.lung_mask is not None:
+                inside = ex.lung_mask[min(hr - 1, y * hr // rows), min(hc - 1, x * hc // cols)]
+                text += "  ·  lung" if inside else "  ·  outside the lungs"
+        self.pixelInfo.emit(text)
 
     # --- heatmap options
     def set_overlay(self, overlay: bool) -> None:

@@ -298,6 +298,9 @@ class MainWindow(QMainWindow):
         self.model_label.setObjectName("statusModel")
         disclaimer = QLabel(DISCLAIMER)
         disclaimer.setObjectName("statusDisclaimer")
+        self.pixel_label = QLabel("")
+        self.pixel_label.setObjectName("statusPixel")
+        bar.addWidget(self.pixel_label)      # hidden while a status message shows
         bar.addPermanentWidget(self.progress_label)
         bar.addPermanentWidget(self.model_label)
         bar.addPermanentWidget(disclaimer)
@@ -329,6 +332,7 @@ class MainWindow(QMainWindow):
         dc.invertToggled.connect(v.toggle_invert)
         dc.resetRequested.connect(v.reset)
         v.stateChanged.connect(self._on_view_state)
+        v.pixelInfo.connect(self.pixel_label.setText)
         self.prediction.classClicked.connect(self._set_class)
         self.prediction.modelCardRequested.connect(self.show_model_card)
 
