@@ -182,7 +182,9 @@ class ImageSession(QObject):
         classifier = self.models.classifier
         if classifier is None or not self.neighbours:
             return
-        worker = Worker(_prefetch, list(self.neighbours), classifier, self.models.model_key, self.method,
+        # Grad-CAM comes with the prediction; the other methods take seconds: prefetch only the next image for them
+        neighbours = self.neighbours if self.method == "gradcam" else self.neighbours[:1]
+        worker = Worker(_prefetch, list(neighbours), classifier, self.models.model_key, self.method,
                         self.class_index, self.caches, self.models.segmenter, list(classifier.classes))
         worker.signals.progress.connect(self._send_row)
         self._prefetch.submit(worker)
