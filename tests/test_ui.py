@@ -135,6 +135,10 @@ def test_keyboard_navigation(qtbot, window, folder):
     wait_shown(qtbot, window, paths[0])
     assert window.select_path(paths[3])
     wait_shown(qtbot, window, paths[3])
+    # with the image view focused (after a click), the arrows still browse instead of scrolling the view
+    window.viewer.right.setFocus()
+    qtbot.keyClick(window.viewer.right, Qt.Key.Key_Right)
+    wait_shown(qtbot, window, paths[4])
 
 
 def test_overlay_opacity_method_and_target_class(qtbot, window, folder):

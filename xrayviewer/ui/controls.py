@@ -53,6 +53,8 @@ class HeatmapControls(QWidget):
         self.outline.setObjectName("outlineCheck")
         self.lungs_only = QCheckBox("Heatmap only inside the lungs")
         self.lungs_only.setObjectName("lungsOnlyCheck")
+        for box in (self.overlay, self.outline, self.lungs_only):
+            box.setFocusPolicy(Qt.FocusPolicy.NoFocus)   # Space stays "reset view"; each has its key (O, U, ⇧U)
         self.set_lungs_available(False)
         self.set_classes([])
 
@@ -125,6 +127,7 @@ class DisplayControls(QWidget):
         self.width.setObjectName("widthSlider")
         self.invert = QCheckBox("Invert")
         self.invert.setObjectName("invertCheck")
+        self.invert.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.reset = QPushButton("Reset view")
         self.reset.setToolTip("Window/level, zoom, rotation and flips back to default (Space)")
         self.reset.setFocusPolicy(Qt.FocusPolicy.NoFocus)
