@@ -117,6 +117,14 @@ def test_real_folder_prediction_heatmap_navigation_and_errors(qtbot, window, rea
     qtbot.keyClick(window.folder_panel.list, Qt.Key.Key_Right)
     wait_shown(qtbot, window, paths[1])
 
+    # overlay and opacity on the real heatmap
+    qtbot.keyClick(window.folder_panel.list, Qt.Key.Key_O)
+    assert window.viewer.overlay and not window.viewer.left_box.isVisible()
+    window.heatmap_controls.opacity.setValue(70)
+    assert window.viewer.right.heat_item.opacity() == pytest.approx(0.7)
+    assert not window.viewer.right.heat_item.pixmap().isNull()
+    qtbot.keyClick(window.folder_panel.list, Qt.Key.Key_O)
+
     # the DICOM shows its key tags
     dicom = next(p for p in paths if p.suffix.lower() == ".dcm")
     window.select_path(dicom)
