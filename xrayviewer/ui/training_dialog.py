@@ -145,12 +145,15 @@ def render_figure(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba()).copy()
 
 
-def _integer_epochs(fig) -> None:
-    """Epoch axes show whole epochs only."""
+def _epoch_axes(fig, best_epoch: int | None = None) -> None:
+    """Epoch axes show whole epochs only, and the kept (best) epoch when early stopping chose one."""
     from matplotlib.ticker import MaxNLocator
 
     for ax in fig.axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch:
+            ax.axvline(best_epoch, linestyle=":", color="grey", label=f"kept: epoch {best_epoch}")
+            ax.legend(loc="best", fontsize=8)
 
 
 def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: dict | None = None,
@@ -165,7 +168,7 @@ def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: 
         figures["reliability_raw"] = m.reliability_figure(uncalibrated, title="Before scaling")
     if history is not None:
         figures["curves"] = m.training_curves_figure(history)
-        _integer_epochs(figures["curves"])
+        _epoch_axes(figures["curves"], history.get("best_epoch"))
     return {name: render_figure(fig) for name, fig in figures.items()}
 
 
@@ -301,6 +304,7 @@ class LiveCurves(QWidget):
 
     def reset(self) -> None:
         self.history = {key: [] for key, _ in self.EVENT_KEYS}
+        self.best_epoch: int | None = None
         self._dirty = True
         self._redraw()
 
@@ -312,8 +316,10 @@ class LiveCurves(QWidget):
         if not self._timer.isActive():
             self._timer.start()
 
-    def stop(self) -> None:
-        """Final redraw; the timer stops."""
+    def stop(self, best_epoch: int | None = None) -> None:
+        """Final redraw (marking the kept epoch); the timer stops."""
+        self.best_epoch = best_epoch
+        self._dirty = self._dirty or best_epoch is not None
         self._redraw()
         self._timer.stop()
 
@@ -325,7 +331,7 @@ class LiveCurves(QWidget):
 
         self._dirty = False
         training_curves_figure(self.history, title="Loss and accuracy per epoch", fig=self.figure)
-        _integer_epochs(self.figure)
+        _epoch_axes(self.figure, self.best_epoch)
         self.canvas.draw_idle()
         self.redraws += 1
 
@@ -1133,7 +1139,7 @@ class TrainingDialog(QDialog):
 
     def _on_trained(self, result: Any) -> None:
         self.result = result
-        self.training_page.curves.stop()
+        self.training_page.curves.stop(result.history.get("best_epoch"))
         self.training_page.stage.setText("Training finished.")
         self.training_page.append_log("Training finished.")
         self.results_page.name_edit.setText(self._suggest_name())
