@@ -297,7 +297,9 @@ def bench_next_image(args, work: Path) -> dict:
     cold = []
     for i in (steps - 1, 0, steps - 2) if not args.quick else (steps - 1,):
         settle(window, 300)
-        window.session.caches.clear()
+        caches = window.session.caches
+        for cache in (caches.images, caches.analyses, caches.heatmaps, caches.lungs):
+            cache.clear()
         start = time.perf_counter()
         window.select_path(paths[i])
         wait_until(lambda: heatmap_shown(window, paths[i]), 120, f"image {i} uncached")
@@ -320,9 +322,11 @@ def bench_folder_open(args, work: Path) -> dict:
     for r in range(repeats):
         app, window = new_window()
         model = window.folder_panel.model
+        scanned: list[int] = []
+        window.folderScanned.connect(scanned.append)
         start = time.perf_counter()
         window.open_path(work / "many")
-        listed.append(wait_until(lambda: model.rowCount() == count and not window._scanning, 300, "the list"))
+        listed.append(wait_until(lambda: bool(scanned) and model.rowCount() == count, 300, "the list"))
         wait_until(lambda: all(it.thumbnail is not None or it.error for it in model.items), 1800, "thumbnails")
         thumbs.append(time.perf_counter() - start)
         print(f"repeat {r + 1}/{repeats}: list {listed[-1]:.2f} s, thumbnails {thumbs[-1]:.1f} s", flush=True)

@@ -124,7 +124,7 @@ def _from_external(data: dict, fallback_name: str) -> list[dict]:
     return rows
 
 
-def run_benchmark(name: str, quick: bool, workdir: Path, log) -> dict:
+def run_benchmark(name: str, quick: bool, workdir: Path, log, log_dir: Path | None = None) -> dict:
     script, argv, (timeout_full, timeout_quick) = BENCHMARKS[name]
     path = BENCH_DIR / script
     out = workdir / f"{name}.json"
@@ -144,6 +144,9 @@ def run_benchmark(name: str, quick: bool, workdir: Path, log) -> dict:
         result["error"] = f"timed out after {timeout_quick if quick else timeout_full} s"
         return result
     result["seconds"] = round(time.perf_counter() - start, 1)
+    if log_dir is not None:  # the whole output, for when a row says "not measured"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{name}.log").write_text(f"$ {' '.join(cmd)}\n{proc.stdout}\n--- stderr ---\n{proc.stderr}")
     log(f"[{name}] exit {proc.returncode} after {result['seconds']} s")
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -217,7 +220,8 @@ def machine_line(info: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a few minutes)")
-    parser.add_argument("--json", metavar="OUT", help="write all figures and the machine to this JSON file")
+    parser.add_argument("--json", metavar="OUT", help="write all figures and the machine to this JSON file "
+                        "(and each benchmark's output to OUT.logs/)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     args = parser.parse_args(argv)
 
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="xrayviewer-bench-") as tmp:
         for name in args.only or list(BENCHMARKS):
-            results.append(run_benchmark(name, args.quick, Path(tmp), log))
+            results.append(run_benchmark(name, args.quick, Path(tmp), log,
+                                         Path(args.json).with_suffix(".logs") if args.json else None))
     report = {"machine": info, "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                               time.gmtime(started)),
               "seconds": round(time.time() - started, 1), "benchmarks": results}

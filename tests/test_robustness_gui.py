@@ -111,8 +111,8 @@ def _plain(text: str) -> str:
 
 def _check_mixed_folder(qtbot, win, loaded, folder: Path, corpus: dict, good: list[Path]) -> None:
     use(win, loaded)
-    win.open_path(folder)
-    qtbot.waitUntil(lambda: win.folder_panel.model.rowCount() > 0 and not win._scanning, timeout=30_000)
+    with qtbot.waitSignal(win.folderScanned, timeout=30_000):
+        win.open_path(folder)
     items = items_by_path(win)
     # Every file gets a badge: a prediction or an error (the badge pass and thumbnails run in the background).
     qtbot.waitUntil(lambda: all(it.row is not None and (it.row.predicted or it.row.error)
