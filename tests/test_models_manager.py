@@ -118,6 +118,22 @@ def test_delete_asks_and_removes_the_folder(qtbot, dirs, monkeypatch):
     assert not [p for p in dirs[1][0].iterdir() if p.name.startswith(".")]
 
 
+def test_deleting_the_model_in_use_says_so(qtbot, dirs, monkeypatch):
+    class Service:
+        bundle_path = dirs[1][0] / "mine"
+
+    class Window:
+        model_service = Service()
+
+    dialog = _open(qtbot, dirs, Window())
+    dialog.table.selectRow(_row(dialog, "My model"))
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        staticmethod(lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No))
+    dialog.delete_selected()
+    assert "viewer is using this model" in asked[0]
+
+
 def test_export_zip_holds_the_bundle(qtbot, dirs, tmp_path, monkeypatch):
     dialog = _open(qtbot, dirs)
     dialog.table.selectRow(_row(dialog, "My model"))

@@ -284,9 +284,13 @@ class ModelsManagerDialog(QDialog):
         entry = self.selected()
         if entry is None or entry.read_only or self.busy():
             return
+        service = getattr(self.window_, "model_service", None)
+        active = getattr(service, "bundle_path", None)
+        in_use = ("\n\nThe viewer is using this model: it stays loaded until you choose another one."
+                  if active and Path(active).resolve() == entry.path.resolve() else "")
         answer = QMessageBox.question(self, "Delete model",
                                       f"Delete the model “{entry.name}” and its folder?\n{entry.path}\n\n"
-                                      "This cannot be undone.",
+                                      f"This cannot be undone.{in_use}",
                                       QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
                                       QMessageBox.StandardButton.No)
         if answer == QMessageBox.StandardButton.Yes:
