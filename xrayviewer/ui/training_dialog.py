@@ -121,6 +121,8 @@ def run_training(dataset: Any, config: Any, *, progress: Callable[[dict], None],
             raise Cancelled() from None
         raise
     check_cancel(cancel)
+    if result is None:
+        raise RuntimeError("the training stopped without a result")
     return result
 
 
