@@ -350,6 +350,8 @@ def test_lru_cache_is_bounded():
     cache.get(3)
     cache.put(6, np.zeros(1000, np.uint8))
     assert cache.get(3) is not None and cache.get(4) is None
+    cache.clear()
+    assert len(cache) == 0 and cache.total_bytes == 0
 
 
 def test_filter_and_sort(qtbot, window, folder):

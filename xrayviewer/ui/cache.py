@@ -57,6 +57,11 @@ class LRUCache:
                 self._bytes -= evicted
         return value
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
     @property
     def total_bytes(self) -> int:
         return self._bytes
