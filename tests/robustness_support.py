@@ -68,7 +68,8 @@ def real_sample(shared_data: Path, count: int, *, formats: tuple[str, ...] = ("P
     """A spread of real radiographs from ../shared (every source and format), deterministic."""
     import csv
 
-    rows = list(csv.DictReader(open(shared_data / "cxr" / "manifest.csv", newline="")))
+    with open(shared_data / "cxr" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     rows = [r for r in rows if r["format"] in formats]
     by_source: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: r["path"]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import csv
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -109,30 +110,28 @@ def mutate(data: bytes, mutations) -> bytes:
 def synthetic_seeds() -> dict[str, tuple[bytes, str]]:
     """name -> (file bytes, suffix); small so each example costs milliseconds."""
     chest = badinputs.synthetic_chest(96, 80)
-    folder = Path(__import__("tempfile").mkdtemp(prefix="fuzz-seeds-"))
-    files = {
-        "png_gray": (badinputs.write_png_gray(folder / "g.png", chest), ".png"),
-        "png_16bit": (badinputs.write_png16(folder / "s.png", chest), ".png"),
-        "png_rgba": (badinputs.write_rgba_png(folder / "a.png", chest), ".png"),
-        "png_palette": (badinputs.write_inverted_palette_png(folder / "p.png", chest), ".png"),
-        "jpeg_cmyk": (badinputs.write_cmyk_jpeg(folder / "c.jpg", chest), ".jpg"),
-        "jpeg_exif": (badinputs.write_exif_rotated_jpeg(folder / "e.jpg", chest), ".jpg"),
-        "dicom": (badinputs.write_dicom(folder / "d.dcm", badinputs.to_u8(chest)), ".dcm"),
-        "dicom_16bit_window": (badinputs.write_dicom(folder / "w.dcm", (chest * 4095).astype(np.uint16),
-                                                     BitsStored=12, WindowCenter=2000, WindowWidth=3000,
-                                                     RescaleSlope=1, RescaleIntercept=-1024), ".dcm"),
-        "dicom_bare": (badinputs.write_dicom(folder / "b.dcm", badinputs.to_u8(chest), preamble=False), ""),
-    }
-    seeds = {name: (path.read_bytes(), suffix) for name, (path, suffix) in files.items()}
-    for path, _ in files.values():
-        path.unlink()
-    folder.rmdir()
-    return seeds
+    with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as tmp:
+        folder = Path(tmp)
+        files = {
+            "png_gray": (badinputs.write_png_gray(folder / "g.png", chest), ".png"),
+            "png_16bit": (badinputs.write_png16(folder / "s.png", chest), ".png"),
+            "png_rgba": (badinputs.write_rgba_png(folder / "a.png", chest), ".png"),
+            "png_palette": (badinputs.write_inverted_palette_png(folder / "p.png", chest), ".png"),
+            "jpeg_cmyk": (badinputs.write_cmyk_jpeg(folder / "c.jpg", chest), ".jpg"),
+            "jpeg_exif": (badinputs.write_exif_rotated_jpeg(folder / "e.jpg", chest), ".jpg"),
+            "dicom": (badinputs.write_dicom(folder / "d.dcm", badinputs.to_u8(chest)), ".dcm"),
+            "dicom_16bit_window": (badinputs.write_dicom(folder / "w.dcm", (chest * 4095).astype(np.uint16),
+                                                         BitsStored=12, WindowCenter=2000, WindowWidth=3000,
+                                                         RescaleSlope=1, RescaleIntercept=-1024), ".dcm"),
+            "dicom_bare": (badinputs.write_dicom(folder / "b.dcm", badinputs.to_u8(chest), preamble=False), ""),
+        }
+        return {name: (path.read_bytes(), suffix) for name, (path, suffix) in files.items()}
 
 
 def real_seeds(shared: Path) -> dict[str, tuple[bytes, str]]:
     """The smallest real file of every (format, mode) in ../shared, plus the real DICOM."""
-    rows = list(csv.DictReader(open(shared / "cxr" / "manifest.csv", newline="")))
+    with open(shared / "cxr" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     smallest: dict[tuple[str, str], dict] = {}
     for row in rows:
         key = (row["format"], row["mode"])
