@@ -133,6 +133,18 @@ def test_segment_synthetic_image_gives_bool_mask_at_original_size(segmenter):
     assert blank.shape == (64, 90)
 
 
+def test_segment_from_several_threads_gives_the_same_masks(segmenter):
+    """Workers share one segmenter: the lock keeps concurrent calls apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [synthetic_chest(200 + 10 * i, 180 + 7 * i) for i in range(4)]
+    alone = [segmenter.segment(r) for r in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(segmenter.segment, images * 2))
+    for i, mask in enumerate(together):
+        np.testing.assert_array_equal(mask, alone[i % 4])
+
+
 def test_lungs_cli_writes_0_255_png_of_the_original_size(tmp_path, capsys):
     image = tmp_path / "phantom.png"
     cv2.imwrite(str(image), (synthetic_chest(310, 270).pixels * 255).astype(np.uint8))
