@@ -217,16 +217,20 @@ def test_heatmap_lies_on_the_marker(qtbot, window, tmp_path, shape, marker):
         assert window.viewer.explained.heatmap.shape[0] <= DISPLAY_MAX_SIDE
 
 
-def test_heatmap_follows_rotation_and_flip_with_the_image(qtbot, window, tmp_path):
-    """Rotation/flip are view transforms shared by both panes: on screen the hot spot stays on the marker."""
-    shape, marker = (600, 500), (120, 380)
-    path = write_png(tmp_path / "m" / "marker.png", marker_image(shape, marker, radius=30))
+@pytest.mark.parametrize("shape,marker", [((600, 500), (120, 380)), ((2400, 1800), (500, 1300))])
+def test_heatmap_follows_rotation_and_flip_with_the_image(qtbot, window, tmp_path, shape, marker):
+    """Rotation/flip are view transforms shared by both panes: on screen the hot spot stays on the marker — also
+    when a large image is drawn from a reduced copy (zoomed out)."""
+    path = write_png(tmp_path / "m" / "marker.png", marker_image(shape, marker, radius=max(30, max(shape) // 14)))
     open_with_fake(qtbot, window, path)
     wait_shown(qtbot, window)
     window.viewer.set_opacity(1.0)
     for key in (Qt.Key.Key_R, Qt.Key.Key_H, Qt.Key.Key_V):
         qtbot.keyClick(window.folder_panel.list, key)
     assert window.viewer.state.rotation == 90 and window.viewer.state.flip_h and window.viewer.state.flip_v
+    if max(shape) > 2000:   # zoomed out: drawn from a copy reduced by area averaging, still over the full extent
+        qtbot.waitUntil(lambda: window.viewer.left.image_item.pixmap().width() < shape[1], timeout=2000)
+        assert window.viewer.left.image_item.sceneBoundingRect().width() == pytest.approx(shape[1])
     QApplication.processEvents()
     left = window.viewer.left.viewport().grab().toImage().convertToFormat(QImage.Format.Format_RGBA8888)
     right = window.viewer.right.viewport().grab().toImage()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath, QPen, QPixmap, QPolygonF, QTransform
@@ -113,17 +114,26 @@ class RadiographCanvas(QGraphicsView):
         self.message.setWordWrap(True)
         self.message.hide()
         self._wl_drag: QPointF | None = None
+        self.image_shape: tuple[int, int] | None = None
         self.viewport().setMouseTracking(True)   # pixel read-out under the pointer
         self.horizontalScrollBar().valueChanged.connect(self._emit_scrolled)
         self.verticalScrollBar().valueChanged.connect(self._emit_scrolled)
 
     # --- content
-    def set_image(self, pixmap: QPixmap | None) -> None:
-        self.image_item.setPixmap(pixmap if pixmap is not None else QPixmap())
-        rect = QRectF(self.image_item.boundingRect())
-        # generous margins so a zoomed or rotated image can be panned to any edge
-        margin = max(rect.width(), rect.height())
-        self.scene().setSceneRect(rect.adjusted(-margin, -margin, margin, margin))
+    def set_image(self, pixmap: QPixmap | None, image_shape: tuple[int, int] | None = None) -> None:
+        """The image, drawn over exactly `image_shape` (rows, cols) scene units: scene = image pixel coordinates,
+        whatever the pixmap's own size (a reduced copy is used when zoomed out)."""
+        if pixmap is None or image_shape is None:
+            self.image_item.setPixmap(QPixmap())
+            self.image_shape = None
+            return
+        self.image_item.setPixmap(pixmap)
+        rows, cols = image_shape
+        self.image_item.setTransform(QTransform.fromScale(cols / pixmap.width(), rows / pixmap.height()))
+        if image_shape != self.image_shape:
+            self.image_shape = image_shape
+            margin = max(rows, cols)   # generous margins so a zoomed or rotated image can be panned to any edge
+            self.scene().setSceneRect(QRectF(-margin, -margin, cols + 2 * margin, rows + 2 * margin))
 
     def set_heatmap(self, pixmap: QPixmap | None, image_shape: tuple[int, int] | None = None) -> None:
         if pixmap is None:
@@ -160,7 +170,10 @@ class RadiographCanvas(QGraphicsView):
 
     # --- geometry helpers
     def image_rect(self) -> QRectF:
-        return QRectF(self.image_item.boundingRect())
+        if self.image_shape is None:
+            return QRectF()
+        rows, cols = self.image_shape
+        return QRectF(0, 0, cols, rows)
 
     def view_center(self) -> QPointF:
         return self.mapToScene(self.viewport().rect().center())
@@ -241,6 +254,8 @@ class ViewerPane(QWidget):
         self.explained: Explained | None = None
         self._lut_key = None
         self._lut = None
+        self._mips: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # level -> (levels, display8) reduced copies
+        self._rendered_level = 0
         self._syncing = False
         self._render_pending = False
 
@@ -284,7 +299,7 @@ class ViewerPane(QWidget):
         self.right.show_message("")
 
     def clear(self) -> None:
-        self.image, self.explained = None, None
+        self.image, self.explained, self._mips = None, None, {}
         for canvas in self.canvases:
             canvas.set_image(None)
             canvas.set_heatmap(None)
@@ -296,12 +311,16 @@ class ViewerPane(QWidget):
         """A new radiograph: draw it; the heatmap stays empty until `show_explained`."""
         new_shape = self.image is None or self.image.shape != image.shape
         self.image, self.explained = image, None
+        self._mips = {}
+        if new_shape or self.state.fit:   # the zoom decides which reduced copy to draw: settle it first
+            self.state.fit = True
+            self.state.zoom = self.fit_zoom()
         self._render_image()
         for canvas in self.canvases:
             canvas.set_heatmap(None)
             canvas.set_outline([])
             canvas.show_message("")
-        if new_shape or self.state.fit:
+        if self.state.fit:
             self.fit()
         else:
             self._apply_transform()
@@ -313,7 +332,7 @@ class ViewerPane(QWidget):
     def show_error(self, text: str, on_image: bool = False) -> None:
         (self.left if on_image and not self.overlay else self.right).show_message(text, "error")
         if on_image:
-            self.image, self.explained = None, None
+            self.image, self.explained, self._mips = None, None, {}
             for canvas in self.canvases:
                 canvas.set_image(None)
                 canvas.set_heatmap(None)
@@ -334,19 +353,46 @@ class ViewerPane(QWidget):
         self._render_pending = False
         if self.image is None:
             return
+        level = self._level_for_zoom()
+        levels, display8 = self._mip(level)
         key = (round(self.state.center, 4), round(self.state.width, 4), self.state.invert)
         if key == (0.5, 1.0, False):
-            pixels = self.image.display8         # the default window: prepared by the worker
+            pixels = display8                    # the default window: prepared by the worker
         else:
             if key != self._lut_key:
                 ramp = np.linspace(0.0, 1.0, LEVELS, dtype=np.float32)
                 lut = to_uint8(window_level(ramp, self.state.center, self.state.width))
                 self._lut = 255 - lut if self.state.invert else lut
                 self._lut_key = key
-            pixels = np.take(self._lut, self.image.levels)
+            pixels = np.take(self._lut, levels)
         pixmap = pixmap_gray(pixels)             # one conversion, shared by both panes
         for canvas in self.canvases:
-            canvas.set_image(pixmap)
+            canvas.set_image(pixmap, self.image.shape)
+        self._rendered_level = level
+
+    def _level_for_zoom(self) -> int:
+        """Reduction factor of the copy to draw: smooth-scaling a 3000 px image down on every paint costs 100 ms+,
+        a copy reduced by area averaging (a power of two, never below the screen's resolution) costs little and
+        looks better (no aliasing)."""
+        level = 1
+        longest = max(self.image.shape)
+        while level < 8 and self.state.zoom * level * 2 <= 1.0 and longest / (level * 2) >= 256:
+            level *= 2
+        return level
+
+    def _mip(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        if level == 1:
+            return self.image.levels, self.image.display8
+        if level not in self._mips:
+            rows, cols = self.image.shape
+            size = (max(1, round(cols / level)), max(1, round(rows / level)))
+            self._mips[level] = (cv2.resize(self.image.levels, size, interpolation=cv2.INTER_AREA),
+                                 cv2.resize(self.image.display8, size, interpolation=cv2.INTER_AREA))
+        return self._mips[level]
+
+    def _rerender_if_level_changed(self) -> None:
+        if self.image is not None and self._level_for_zoom() != self._rendered_level:
+            self._schedule_render()
 
     def _schedule_render(self) -> None:
         """Coalesce a burst of window/level changes (right-drag) into one redraw per event-loop turn."""
@@ -491,10 +537,9 @@ class ViewerPane(QWidget):
 
     def fit_zoom(self) -> float:
         canvas = self.right
-        rect = canvas.image_rect()
-        if rect.isEmpty():
+        if self.image is None:
             return 1.0
-        w, h = rect.width(), rect.height()
+        h, w = self.image.shape
         if self.state.rotation % 180:
             w, h = h, w
         vp = canvas.viewport().rect()
@@ -504,6 +549,7 @@ class ViewerPane(QWidget):
         self.state.fit = True
         self.state.zoom = self.fit_zoom()
         self._apply_transform()
+        self._rerender_if_level_changed()
         self._update_titles()
         self.stateChanged.emit()
 
@@ -514,6 +560,7 @@ class ViewerPane(QWidget):
         self.state.fit = False
         self.state.zoom = float(min(MAX_ZOOM, max(MIN_ZOOM, zoom)))
         self._apply_transform(source)
+        self._rerender_if_level_changed()
         self._update_titles()
         self.stateChanged.emit()
 
@@ -561,4 +608,5 @@ class ViewerPane(QWidget):
         if self.state.fit and self.image is not None:
             self.state.zoom = self.fit_zoom()
             self._apply_transform()
+            self._rerender_if_level_changed()
             self._update_titles()

@@ -110,10 +110,16 @@ def result_row(path: str, analysis: Any, classes: list[str], ground_truth: str =
                      ood_flag=bool(getattr(analysis, "ood_flag", False)))
 
 
-def get_analysis(classifier: Any, model_key: str, image: LoadedImage, caches: Caches) -> Any:
+class NotCached(Exception):
+    """A look-up-only request (compute=False) met something that is not in the caches."""
+
+
+def get_analysis(classifier: Any, model_key: str, image: LoadedImage, caches: Caches, compute: bool = True) -> Any:
     key = (image.sha256, model_key)
     analysis = caches.analyses.get(key)
     if analysis is None:
+        if not compute:
+            raise NotCached(key)
         analysis = caches.analyses.put(key, classifier.analyze(image.radiograph))
     return analysis
 
@@ -126,10 +132,12 @@ def _resize(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def get_heatmap(classifier: Any, model_key: str, image: LoadedImage, analysis: Any, method: str,
-                class_index: int, caches: Caches) -> np.ndarray:
+                class_index: int, caches: Caches, compute: bool = True) -> np.ndarray:
     key = (image.sha256, model_key, method, class_index)
     heatmap = caches.heatmaps.get(key)
     if heatmap is None:
+        if not compute:
+            raise NotCached(key)
         shape = display_shape(image.shape)
         if method == "gradcam":   # already in the analysis' one compiled pass
             heatmap = _resize(analysis.heatmap(class_index, shape), shape)
@@ -142,12 +150,15 @@ def get_heatmap(classifier: Any, model_key: str, image: LoadedImage, analysis: A
     return heatmap
 
 
-def get_lungs(segmenter: Any, image: LoadedImage, caches: Caches) -> tuple[np.ndarray, list[np.ndarray]]:
+def get_lungs(segmenter: Any, image: LoadedImage, caches: Caches,
+              compute: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
     """Lung mask at display shape and its outline as polygons in image pixel coordinates."""
     shape = display_shape(image.shape)
     key = (image.sha256, shape)
     hit = caches.lungs.get(key)
     if hit is None:
+        if not compute:
+            raise NotCached(key)
         mask = np.asarray(segmenter.segment(image.radiograph), dtype=bool)
         if mask.shape != shape:
             mask = cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
@@ -162,21 +173,27 @@ def get_lungs(segmenter: Any, image: LoadedImage, caches: Caches) -> tuple[np.nd
 
 def explain_image(image: LoadedImage, classifier: Any, model_key: str, method: str, class_index: int | None,
                   caches: Caches, *, segmenter: Any = None, ground_truth: str = "",
-                  cancel: threading.Event | None = None) -> Explained:
-    """Prediction + heatmap (+ lung attention) for the image on screen. Runs in a model worker."""
-    analysis = get_analysis(classifier, model_key, image, caches)
+                  cancel: threading.Event | None = None, compute: bool = True) -> Explained:
+    """Prediction + heatmap (+ lung attention) for the image on screen. Runs in a model worker.
+
+    With compute=False it only assembles what the caches hold (no TensorFlow: safe on the GUI thread) and raises
+    NotCached otherwise — a revisited or prefetched image is then shown without waiting for the model's queue.
+    """
+    analysis = get_analysis(classifier, model_key, image, caches, compute)
     check_cancel(cancel)
     classes = list(classifier.classes)
     index = int(np.argmax(analysis.probabilities)) if class_index is None else int(class_index)
-    heatmap = get_heatmap(classifier, model_key, image, analysis, method, index, caches)
+    heatmap = get_heatmap(classifier, model_key, image, analysis, method, index, caches, compute)
     check_cancel(cancel)
     mask, outline, attention, notes = None, [], None, []
     if segmenter is not None:
         try:
-            mask, outline = get_lungs(segmenter, image, caches)
+            mask, outline = get_lungs(segmenter, image, caches, compute)
             from xrayviewer.model.lungs import lung_attention
 
             attention = float(lung_attention(heatmap, mask))
+        except NotCached:
+            raise
         except Exception as exc:  # noqa: BLE001 - the lung model is an extra; the prediction stands without it
             notes.append(f"Lung fields unavailable: {exc}")
     row = result_row(image.path, analysis, classes, ground_truth, attention)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from xrayviewer.results import ResultRow
-from xrayviewer.ui.jobs import (METHODS, Caches, Explained, LoadedImage, classify_file, explain_image,
+from xrayviewer.ui.jobs import (METHODS, Caches, Explained, LoadedImage, NotCached, classify_file, explain_image,
                                 ground_truth_for, load_image)
 from xrayviewer.ui.model_service import ModelService, freeze_long_lived_objects
 from xrayviewer.ui.workers import LatestRequest, Worker, check_cancel, discard, start_worker
@@ -153,10 +153,15 @@ class ImageSession(QObject):
             return
         wanted = self._wanted()
         image = self.current_image
+        args = (image, classifier, self.models.model_key, self.method, self.class_index, self.caches)
+        kwargs = dict(segmenter=self.models.segmenter, ground_truth=ground_truth_for(image.path, classifier.classes))
+        try:   # all cached (prefetched, revisited): show it now, not after whatever the model thread is doing
+            self._on_explained((wanted, explain_image(*args, compute=False, **kwargs)))
+            return
+        except NotCached:
+            pass
         self.explainPending.emit(f"Computing {METHODS[self.method]}…")
-        worker = Worker(_tagged, wanted, explain_image, image, classifier, self.models.model_key,
-                        self.method, self.class_index, self.caches, segmenter=self.models.segmenter,
-                        ground_truth=ground_truth_for(image.path, classifier.classes))
+        worker = Worker(_tagged, wanted, explain_image, *args, **kwargs)
         worker.signals.returned.connect(self._on_explained)
         worker.signals.errored.connect(self._on_explain_error)
         self._explain.submit(worker)
