@@ -304,7 +304,7 @@ class FineTuneJob:
                               f"{len(val_idx)} validation images, no patient on both sides")
 
         # -- features
-        from xrayviewer.imaging.hashing import file_sha256
+        from xrayviewer.imaging import RadiographError, file_sha256
 
         emit(kind="stage", text="Computing base features (cached after the first run)")
         t0 = time.perf_counter()
@@ -314,7 +314,10 @@ class FineTuneJob:
         extractor = self.extractor or FeatureExtractor(
             cfg.base_id, input_size=cfg.input_size, pooling=cfg.head.get("pooling", "avg"),
             augmentation=cfg.augmentation or Augmentation())
-        sources = [FeatureSource(str(item.path), file_sha256(item.path)) for item in items]
+        try:
+            sources = [FeatureSource(str(item.path), file_sha256(item.path)) for item in items]
+        except RadiographError as err:
+            raise TrainingError(f"{err} ({err.path}). Check the dataset folder and train again.") from err
         try:
             # Validation images need only variant 0; training images need all variants.
             train_sources = [sources[i] for i in train_idx]

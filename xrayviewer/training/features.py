@@ -211,6 +211,8 @@ class FeatureExtractor:
                 cancel: threading.Event | None = None) -> np.ndarray:
         """(n, variants, D) float32 features. `read(path) -> 0..1 pixels` defaults to read_radiograph.
 
+        `progress(done, total)` counts vectors (cached ones included), before the first batch and after each one.
+
         Raises ExtractionCancelled when `cancel` is set (checked between batches) and whatever `read` raises for an
         unreadable file (callers check readability beforehand; discover_dataset reports unreadable files).
         """
@@ -222,10 +224,11 @@ class FeatureExtractor:
 
         out: list[list[np.ndarray | None]] = [[self._lookup(s.sha256, v) for v in range(variants)] for s in sources]
         todo = [(i, v) for i, row in enumerate(out) for v, vec in enumerate(row) if vec is None]
-        self.cache_hits += len(sources) * variants - len(todo)
+        hits = len(sources) * variants - len(todo)
+        self.cache_hits += hits
         total = len(todo)
-        if progress:
-            progress(0, total)
+        if progress:   # counts cached vectors as done, so a partly cached run starts part way
+            progress(hits, hits + total)
         decoded: tuple[int, np.ndarray] | None = None   # the last decoded image: its variants follow one another
         done = 0
         for start in range(0, total, EXTRACT_BATCH):
@@ -248,7 +251,7 @@ class FeatureExtractor:
                 out[i][v] = vec
             done += len(chunk)
             if progress:
-                progress(done, total)
+                progress(hits + done, hits + total)
         if not sources:
             return np.zeros((0, variants, 0), np.float32)
         return np.stack([np.stack(row) for row in out]).astype(np.float32)
