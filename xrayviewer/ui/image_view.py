@@ -459,6 +459,8 @@ class ViewerPane(QWidget):
         self.left_box.setVisible(not self.overlay)
         if self.state.fit:
             QTimer.singleShot(0, self.fit)
+        elif not self.overlay:   # the radiograph pane was hidden while the heatmap pane moved: catch up
+            QTimer.singleShot(0, self._sync_to_right)
         self.stateChanged.emit()
 
     def set_opacity(self, opacity: float) -> None:
@@ -587,6 +589,9 @@ class ViewerPane(QWidget):
         else:
             self._apply_transform()
             self.stateChanged.emit()
+
+    def _sync_to_right(self) -> None:
+        self._apply_transform(source=self.right)
 
     def _on_scrolled(self, canvas: RadiographCanvas) -> None:
         if self._syncing or self.overlay:
