@@ -3,6 +3,7 @@
 EXTENSION_MODULES = (
     "xrayviewer.ui.results_view",      # Classify folder, results table, exports (issue 7)
     "xrayviewer.ui.training_dialog",   # Train… and the models manager (issue 5)
+    "xrayviewer.ui.audit_dialog",      # Model › Audit…: shortcut audit (issue 6)
 )
 
 

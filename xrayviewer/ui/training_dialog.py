@@ -964,6 +964,10 @@ class ResultsPage(QWidget):
                 row.addLayout(column, 1)
                 self.figure_views.append((which, key, view))
             self.tabs.addTab(tab, title)
+        from xrayviewer.ui.audit_dialog import TrainingAuditPanel  # here: audit_dialog reuses this module's widgets
+
+        self.audit_panel = TrainingAuditPanel()
+        self.tabs.addTab(self.audit_panel, "Audit")
 
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("Name of the new model")
@@ -993,6 +997,7 @@ class ResultsPage(QWidget):
         self.save_status.setText("")
         self.use_button.setEnabled(False)
         self.save_button.setEnabled(False)
+        self.audit_panel.set_result(None)
 
     def show_reports(self, new: ModelReport, active: ModelReport | None) -> None:
         self.new_column.show_report(new)
@@ -1146,6 +1151,7 @@ class TrainingDialog(QDialog):
         self.training_page.append_log("Training finished.")
         self.results_page.name_edit.setText(self._suggest_name())
         self._go(3)
+        self.results_page.audit_panel.set_result(result, self.window_)
         self.report_worker = Worker(build_reports, result, self.active_bundle_path(), tag="reports")
         self.report_worker.signals.returned.connect(self._on_reports)
         self.report_worker.signals.errored.connect(self._on_reports_error)
@@ -1241,6 +1247,7 @@ class TrainingDialog(QDialog):
         for worker in (self.data_page.worker, self.report_worker):
             if worker is not None:
                 worker.cancel()
+        self.results_page.audit_panel.cancel()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override (window close button, close())
         if not self._may_close():
