@@ -259,3 +259,14 @@ def test_screenshot_mode_fails_on_a_broken_model(tmp_path):
                        timeout=200)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "could not load the model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_screenshot_mode_fails_when_the_file_to_select_is_not_there(tmp_path):
+    synthetic_folder(tmp_path / "cases", n_per_class=1)
+    proc = _screenshot([sys.executable, "-m", "xrayviewer", "--open", str(tmp_path / "cases"), "--select",
+                        str(tmp_path / "cases" / "nope.png"), "--screenshot", str(tmp_path / "x.png")],
+                       {"QT_QPA_PLATFORM": "offscreen", "XRAYVIEWER_SETTINGS_DIR": str(tmp_path / "settings")},
+                       timeout=200)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "nope.png" in proc.stderr and "not among the radiographs" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.png").exists()
