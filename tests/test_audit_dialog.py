@@ -277,7 +277,8 @@ def test_audit_dialog_with_the_shipped_model_on_real_images(qtbot, shared_data, 
     if dialog.folder_edit.text() != str(cxr):
         dialog.set_folder(cxr)
         qtbot.waitUntil(lambda: dialog.counts is not None, timeout=60000)
-    assert set(dialog.counts) == set(classifier.classes)
+    assert set(classifier.classes) <= set(dialog.counts)
+    assert "other: not a class of the model" in dialog.estimate.text()
     dialog.limit.setValue(3)
     dialog.out_edit.setText(str(tmp_path / "real"))
     dialog.runner.start_button.click()
@@ -287,8 +288,50 @@ def test_audit_dialog_with_the_shipped_model_on_real_images(qtbot, shared_data, 
     runner = dialog.runner
     assert runner.state == "done", runner.status.text()
     summary = runner.outcome.summary
-    assert summary["images"] == 3 * len(classifier.classes) and summary["by_source"]
+    assert summary["images"] == 3 * len(dialog.counts) and not summary["failed"] and summary["by_source"]
+    assert summary["performance"]["as_is"]["n"] == 3 * len(classifier.classes)   # "other" counts for attention only
     assert runner.results.figures["by_source.png"]._pixmap is not None
     assert runner.results.verdict.text() and runner.results.cells[("as_is", "accuracy")].text() != "–"
     dialog.grab().save(str(artifacts_dir / "audit_dialog_real.png"))
     dialog.close()
+
+
+def test_training_results_audit_tab_audits_the_new_model_on_its_validation_split(qtbot, tmp_path_factory,
+                                                                                  segmenter, artifacts_dir):
+    from test_training_dialog import PER_CLASS, _check, _quick_settings, _train_to_results, make_dataset
+
+    from xrayviewer.ui.training_dialog import TrainingDialog
+
+    data = make_dataset(tmp_path_factory.mktemp("train-audit"), per_class=PER_CLASS)
+    window = FakeWindow(None, segmenter)            # no model in the viewer; its lung model is reused
+    qtbot.addWidget(window)
+    dialog = TrainingDialog(window)
+    dialog.resize(1100, 820)
+    dialog.show()
+    results = dialog.results_page
+    panel = results.audit_panel
+    assert results.tabs.tabText(results.tabs.count() - 1) == "Audit"
+    assert not panel.runner.start_button.isEnabled() and "once the training has finished" in panel.intro.text()
+    _check(qtbot, dialog, data)
+    _quick_settings(dialog)
+    _train_to_results(qtbot, dialog)
+
+    validation = dialog.result.split["validation"]["paths"]
+    assert panel.validation_files() == validation and validation
+    assert f"its {len(validation)} validation images" in panel.intro.text()
+    results.tabs.setCurrentWidget(panel)
+    assert panel.runner.start_button.isEnabled()
+    panel.runner.start_button.click()
+    runner = panel.runner
+    qtbot.waitUntil(lambda: not runner.is_running() and runner.state != "running", timeout=RUN_TIMEOUT_MS)
+    _wait_idle(qtbot)
+    assert runner.state == "done", runner.status.text()
+    summary = runner.outcome.summary
+    assert summary["images"] == len(validation) and summary["subset"] == f"{len(validation)} listed files"
+    assert summary["classes"] == ["clear", "opaque"] and summary["dataset"] == str(data)
+    assert runner.results.isVisible() and runner.results.verdict.text()
+    assert runner.results.figures["masking.png"]._pixmap is not None
+    assert runner.out_dir.parent.name == "audits" and (runner.out_dir / "summary.json").is_file()
+    dialog.grab().save(str(artifacts_dir / "training_dialog_results_audit.png"))
+    dialog.close()
+    _wait_idle(qtbot)

@@ -183,6 +183,26 @@ class ReportFigure(FigureView):
         super().mouseReleaseEvent(event)
 
 
+class _Stat(QWidget):
+    """A headline number with its caption underneath; amber when it is a worry."""
+
+    def __init__(self, caption: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.value = QLabel("–")
+        self.value.setObjectName("headline")
+        caption_label = QLabel(caption)
+        caption_label.setObjectName("panelHint")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.value)
+        layout.addWidget(caption_label)
+
+    def set_value(self, text: str, low: bool = False) -> None:
+        self.value.setText(text)
+        self.value.setStyleSheet("color: #ffc46b;" if low else "")
+
+
 class AuditResultsView(QWidget):
     """Headline numbers, the verdict, and tabs: Summary (summary.md) and one per figure."""
 
@@ -194,9 +214,10 @@ class AuditResultsView(QWidget):
         self.title = QLabel("")
         self.title.setObjectName("panelTitle")
         self.title.setWordWrap(True)
-        self.attention = QLabel("")
-        self.attention.setWordWrap(True)
-        self.attention.setTextFormat(Qt.TextFormat.RichText)
+        self.attention = QLabel("")            # the two lung-attention numbers in one sentence (for tests, a11y)
+        self.attention.setVisible(False)
+        self.mean_attention = _Stat("mean lung attention")
+        self.outside = _Stat("of the images: attention\nmostly outside the lungs")
         self.table = QGridLayout()
         self.table.setHorizontalSpacing(22)
         self.table.setVerticalSpacing(3)
@@ -227,11 +248,11 @@ class AuditResultsView(QWidget):
             self.tabs.addTab(view, title)
 
         top = QHBoxLayout()
-        numbers = QVBoxLayout()
-        numbers.addWidget(self.attention)
-        numbers.addLayout(self.table)
-        top.addLayout(numbers, 3)
-        top.addWidget(self.verdict, 4)
+        top.setSpacing(18)
+        top.addWidget(self.mean_attention, 0, Qt.AlignmentFlag.AlignTop)
+        top.addWidget(self.outside, 0, Qt.AlignmentFlag.AlignTop)
+        top.addLayout(self.table)
+        top.addWidget(self.verdict, 1, Qt.AlignmentFlag.AlignVCenter)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.title)
@@ -242,6 +263,8 @@ class AuditResultsView(QWidget):
     def clear(self, text: str = "") -> None:
         self.title.setText(text)
         self.attention.setText("")
+        self.mean_attention.set_value("–")
+        self.outside.set_value("–")
         for cell in self.cells.values():
             cell.setText("–")
         self._set_verdict("", "")
@@ -263,6 +286,8 @@ class AuditResultsView(QWidget):
         self.attention.setText(
             f"Mean lung attention <b>{_pct(att.get('mean'))}</b> · attention mostly outside the lungs in "
             f"<b>{_pct(att.get('share_below_50'))}</b> of the images")
+        self.mean_attention.set_value(_pct(att.get("mean")), low=(att.get("mean") or 1.0) < 0.5)
+        self.outside.set_value(_pct(att.get("share_below_50")), low=(att.get("share_below_50") or 0.0) > 0.5)
         for key, _text in self.HEADLINE_ROWS:
             perf = s["performance"][key]
             for metric in ("accuracy", "macro_auc"):
@@ -586,7 +611,11 @@ class AuditDialog(QDialog):
             service = self._service()
             loading = getattr(service, "segmenter", None) is None
             per_class = ", ".join(f"{label} {n}" for label, n in self.counts.items())
-            self.estimate.setText(f"{estimate_text(planned, loading)} ({per_class} in the folder)")
+            classes = getattr(getattr(service, "classifier", None), "classes", None)
+            foreign = [label for label in self.counts if classes is not None and label not in classes]
+            note = (f"; {', '.join(foreign)}: not a class of the model, counted for attention only"
+                    if foreign else "")
+            self.estimate.setText(f"{estimate_text(planned, loading)} ({per_class} in the folder{note})")
         self._update_start()
 
     def _update_start(self) -> None:
