@@ -13,6 +13,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QWidget
 from test_audit import segmenter, synthetic  # noqa: F401 - module-scoped fixtures: one tiny model, one lung model
+from test_training_dialog import GUI_BLOCK_LIMIT_S, Heartbeat
 
 from xrayviewer.model import audit as audit_core
 from xrayviewer.paths import DEFAULT_MODEL_DIR
@@ -96,10 +97,13 @@ def test_audit_dialog_runs_to_the_end_and_shows_summary_and_figures(qtbot, synth
 
     runner = dialog.runner
     assert runner.start_button.isEnabled() and not runner.results.isVisible()
+    heartbeat = Heartbeat()
     runner.start_button.click()
     assert runner.is_running() and runner.cancel_button.isEnabled() and not dialog.folder_edit.isEnabled()
     qtbot.waitUntil(lambda: runner.state != "running" and not runner.is_running(), timeout=RUN_TIMEOUT_MS)
     _wait_idle(qtbot)
+    heartbeat.timer.stop()
+    assert heartbeat.longest < GUI_BLOCK_LIMIT_S     # the audit's TensorFlow work never ran on the GUI thread
     assert runner.state == "done", runner.status.text()
     assert "Finished: 12 images" in runner.status.text() and str(out) in runner.status.text()
     assert "1 unreadable" in runner.status.text()

@@ -94,22 +94,17 @@ def read_outcome(out_dir: Path, summary: dict[str, Any]) -> AuditOutcome:
 
 
 def audit_job(dataset: Path, out_dir: Path, *, progress: Callable[[dict], None], cancel: threading.Event,
-              classifier: Any = None, bundle_path: Path | None = None, training_result: Any = None,
-              segmenter: Any = None, limit: int | None = None, only: Collection[str] | None = None) -> AuditOutcome:
-    """Load what is missing (classifier from `bundle_path` or `training_result`, the shipped lung model), run the
-    audit, read the report back. The outcome is also sent as a {"kind": "report"} progress event before returning,
+              classifier: Any = None, training_result: Any = None, segmenter: Any = None,
+              limit: int | None = None, only: Collection[str] | None = None) -> AuditOutcome:
+    """Build what is missing (the classifier of `training_result`, the shipped lung model), run the audit, read the
+    report back. The outcome is also sent as a {"kind": "report"} progress event before returning,
     so a cancelled run (which the worker reports as aborted, without a return value) still shows its partial report.
     """
     from xrayviewer.model.audit import run_audit
 
     if classifier is None:
-        progress({"kind": "stage", "text": "Loading the model…"})
-        if training_result is not None:
-            classifier = classifier_from_training(training_result)
-        else:
-            from xrayviewer.model.classifier import Classifier
-
-            classifier = Classifier.load(bundle_path)
+        progress({"kind": "stage", "text": "Preparing the model…"})
+        classifier = classifier_from_training(training_result)
     check_cancel(cancel)
     if segmenter is None:
         from xrayviewer.model.lungs import LungSegmenter
@@ -476,6 +471,7 @@ class AuditDialog(QDialog):
         self.limit.setToolTip("At most this many images per class, drawn at random (0 = all images).")
         self.estimate = QLabel("")
         self.estimate.setObjectName("panelHint")
+        self.estimate.setWordWrap(True)
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText(f"Automatic: a new folder under {default_report_dir().parent}")
         browse_out = QPushButton("Browse…")
@@ -538,7 +534,8 @@ class AuditDialog(QDialog):
         else:
             bundle = getattr(classifier, "bundle", None)
             name = getattr(bundle, "name", "model")
-            self.model_label.setText(f"<b>{name}</b> {getattr(bundle, 'version', '')} — classes "
+            version = getattr(bundle, "version", "")
+            self.model_label.setText(f"<b>{name}</b>{f' (version {version})' if version else ''} — classes "
                                      f"{', '.join(classifier.classes)}")
         self._update_estimate()
 
