@@ -185,6 +185,33 @@ def test_cancel_mid_run_reports_cancelled_and_the_dialog_stays_usable(qtbot, syn
     dialog.close()
 
 
+def test_reset_mid_run_ignores_the_old_runs_report(qtbot, synthetic, segmenter, tmp_path, monkeypatch):
+    """A new training result while the previous one's audit runs: that audit stops and shows nothing."""
+    root, classifier, _bundle = synthetic
+    runner = audit_dialog.AuditRunner()
+    qtbot.addWidget(runner)
+    runner.show()
+    gate, started = threading.Event(), threading.Event()
+    real_analyze = classifier.analyze
+
+    def waiting_analyze(radiograph):
+        started.set()
+        gate.wait(10)
+        return real_analyze(radiograph)
+
+    monkeypatch.setattr(classifier, "analyze", waiting_analyze)
+    runner.start(root, tmp_path / "old", classifier=classifier, segmenter=segmenter)
+    qtbot.waitUntil(started.is_set, timeout=RUN_TIMEOUT_MS)
+    old_worker = runner.worker
+    runner.reset()
+    gate.set()
+    qtbot.waitUntil(old_worker.done.is_set, timeout=30000)
+    qtbot.wait(100)
+    assert runner.outcome is None and not runner.results.isVisible() and runner.status.text() == ""
+    assert runner.start_button.isEnabled() and not runner.open_button.isEnabled()
+    _wait_idle(qtbot)
+
+
 def test_closing_while_running_asks_then_cancels_and_closes(qtbot, synthetic, segmenter, tmp_path, monkeypatch):
     root, classifier, _bundle = synthetic
     dialog = _dialog(qtbot, FakeWindow(classifier, segmenter, sorted(root.glob("*/*.png"))))

@@ -381,6 +381,21 @@ class AuditRunner(QWidget):
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelling after the image in progress…")
 
+    def reset(self) -> None:
+        """Forget the current run (e.g. a new training result): one still going is cancelled and its report ignored."""
+        if self.is_running():
+            self.worker.cancel()
+            sig = self.worker.signals
+            for signal, slot in ((sig.progress, self._on_event), (sig.returned, self._on_returned),
+                                 (sig.errored, self._on_error), (sig.aborted, self._on_aborted)):
+                signal.disconnect(slot)
+        self.outcome, self.out_dir, self.state = None, None, ""
+        self.results.clear()
+        self.status.setText("")
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.open_button.setEnabled(False)
+
     def open_report_folder(self) -> None:
         if self.out_dir is not None and self.out_dir.is_dir():
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.out_dir)))
@@ -626,10 +641,13 @@ class AuditDialog(QDialog):
         classifier = getattr(service, "classifier", None)
         if classifier is None or self.counts is None or self.runner.is_running():
             return
+        if self.folder_edit.text().strip() != self._counted_folder:   # typed, not yet confirmed with Enter
+            self._folder_entered()
+            return
         name = getattr(getattr(classifier, "bundle", None), "name", "")
         out = Path(self.out_edit.text().strip()).expanduser() if self.out_edit.text().strip() else \
             default_report_dir(name)
-        self.runner.start(Path(self.folder_edit.text()), out, classifier=classifier,
+        self.runner.start(Path(self._counted_folder), out, classifier=classifier,
                           segmenter=getattr(service, "segmenter", None), limit=self.limit.value() or None)
         for widget in (self.folder_edit, self.limit, self.out_edit):
             widget.setEnabled(False)
@@ -682,6 +700,7 @@ class TrainingAuditPanel(QWidget):
         layout.addWidget(self.intro)
         layout.addWidget(self.runner, 1)
         self.runner.start_button.clicked.connect(self.start)
+        self.runner.stopped.connect(self._update_start)
         self.result: Any = None
         self.window_: Any = None
         self.set_result(None)
@@ -691,11 +710,8 @@ class TrainingAuditPanel(QWidget):
 
     def set_result(self, result: Any, window: Any = None) -> None:
         """A new training result (or None while there is none); a running audit of an older result is cancelled."""
-        self.runner.cancel()
+        self.runner.reset()
         self.result, self.window_ = result, window
-        self.runner.results.clear()
-        self.runner.status.setText("")
-        self.runner.open_button.setEnabled(False)
         files = len(self.validation_files())
         if result is None:
             self.intro.setText("The audit of the new model is available once the training has finished.")
@@ -705,7 +721,10 @@ class TrainingAuditPanel(QWidget):
                 f"Shortcut audit of the new model on its {files} validation images (never used to fit it): how much "
                 "of its attention falls on the lungs, and how it scores with the lungs blacked out and with only the "
                 f"lungs left. {estimate_text(files, loading)}.")
-        self.runner.start_button.setEnabled(result is not None and files > 0 and not self.runner.is_running())
+        self._update_start()
+
+    def _update_start(self, *_: Any) -> None:
+        self.runner.start_button.setEnabled(bool(self.validation_files()) and not self.runner.is_running())
 
     def _segmenter(self) -> Any:
         return getattr(getattr(self.window_, "model_service", None), "segmenter", None)
