@@ -259,11 +259,16 @@ def test_verdict_and_estimate_in_plain_words():
     assert verdict(summary(0.52, outside=0.8))[0] == "warning"
     assert verdict(summary(0.65))[0] == "info"
     assert verdict(summary(None))[0] == "info" and "Not enough" in verdict(summary(None))[1]
-    # the dialog's thresholds are the core's
-    core = audit_core.findings({"lung_attention": {"mean": None}, "classes": [],
-                                "performance": {c: {"macro_auc": v} for c, v in
-                                                zip(audit_core.CONDITIONS, (0.9, audit_dialog.SHORTCUT_AUC, None))}})
-    assert "reading shortcuts" in core[0]
+    # the dialog's thresholds are the core's (xrayviewer.model.audit.findings)
+    def core_finding(removed):
+        aucs = dict(zip(audit_core.CONDITIONS, (0.9, removed, None)))
+        return audit_core.findings({"lung_attention": {"mean": None}, "classes": [],
+                                    "performance": {c: {"macro_auc": v} for c, v in aucs.items()}})[0]
+
+    assert "reading shortcuts" in core_finding(audit_dialog.SHORTCUT_AUC)
+    assert "some signal" in core_finding(audit_dialog.SHORTCUT_AUC - 0.01)
+    assert "some signal" in core_finding(audit_dialog.CHANCE_LEVEL_AUC)
+    assert "little signal" in core_finding(audit_dialog.CHANCE_LEVEL_AUC - 0.01)
     assert estimate_text(90) == "90 images: about 30 s" and estimate_text(1, loading=True).startswith("1 image:")
 
 
