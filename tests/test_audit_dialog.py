@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QApplication, QMenu, QMessageBox, QWidget
+from PySide6.QtWidgets import QMenu, QMessageBox, QWidget
 from test_audit import segmenter, synthetic  # noqa: F401 - module-scoped fixtures: one tiny model, one lung model
 from test_training_dialog import GUI_BLOCK_LIMIT_S, Heartbeat
 
@@ -51,9 +51,9 @@ class FakeWindow(QWidget):
 
 
 @pytest.fixture(autouse=True)
-def _dark_theme_and_no_real_dialogs(monkeypatch):
+def _dark_theme_and_no_real_dialogs(qapp, monkeypatch):
     """The app's look for the screenshots; a modal box or a real file browser would hang offscreen."""
-    configure_app(QApplication.instance())
+    configure_app(qapp)
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"unexpected message box: {args[1:3]}")
