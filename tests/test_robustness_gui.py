@@ -382,3 +382,36 @@ def test_use_model_refuses_broken_models_and_keeps_the_one_it_had(qtbot, window,
         window.select_path(target)
         qtbot.waitUntil(lambda: heatmap_shown(window, target), timeout=30_000)
         assert window.viewer.explained.model_key == window.model_service.model_key
+
+
+# ------------------------------------------------------------------------------- PySide6 refcount bug (guarded)
+
+_MANY_QT_CALLS = r"""
+import sys
+import xrayviewer.ui  # noqa: F401  (the guard lives here)
+from PySide6.QtCore import QCoreApplication, QObject, Signal
+
+app = QCoreApplication([])
+
+class Emitter(QObject):
+    ping = Signal(object)
+
+emitter = Emitter()
+none_before, true_before = sys.getrefcount(None), sys.getrefcount(True)
+for _ in range(100_000):   # far more references than None or True hold in a fresh process
+    emitter.ping.emit(None)
+    app.processEvents()
+print(none_before - sys.getrefcount(None), true_before - sys.getrefcount(True))
+"""
+
+
+def test_qt_calls_do_not_exhaust_none_or_true():
+    """100 000 emits and processEvents() in a fresh process (where None and True hold a few thousand references):
+    without the guard in xrayviewer/ui/__init__.py PySide6 6.12 on CPython 3.11 aborts the process."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _MANY_QT_CALLS], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, f"the process died: {proc.stderr[-800:]}"
+    assert "dealloc" not in proc.stderr
