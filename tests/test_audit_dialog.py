@@ -114,8 +114,8 @@ def test_audit_dialog_runs_to_the_end_and_shows_summary_and_figures(qtbot, synth
     results = runner.results
     assert results.isVisible() and "12 images" in results.title.text() and "cancelled" not in results.title.text()
     att = summary["lung_attention"]
-    assert f"{att['mean']:.0%}" in results.attention.text() and f"{att['share_below_50']:.0%}" in \
-        results.attention.text()
+    assert results.mean_attention.value.text() == f"{att['mean']:.0%}"
+    assert results.outside.value.text() == f"{att['share_below_50']:.0%}"
     for key in ("as_is", "lungs_blacked_out", "only_lungs"):
         assert results.cells[(key, "accuracy")].text() == f"{summary['performance'][key]['accuracy']:.3f}"
     level, text = verdict(summary)

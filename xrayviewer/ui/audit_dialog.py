@@ -209,8 +209,6 @@ class AuditResultsView(QWidget):
         self.title = QLabel("")
         self.title.setObjectName("panelTitle")
         self.title.setWordWrap(True)
-        self.attention = QLabel("")            # the two lung-attention numbers in one sentence (for tests, a11y)
-        self.attention.setVisible(False)
         self.mean_attention = _Stat("mean lung attention")
         self.outside = _Stat("of the images: attention\nmostly outside the lungs")
         self.table = QGridLayout()
@@ -257,7 +255,6 @@ class AuditResultsView(QWidget):
 
     def clear(self, text: str = "") -> None:
         self.title.setText(text)
-        self.attention.setText("")
         self.mean_attention.set_value("–")
         self.outside.set_value("–")
         for cell in self.cells.values():
@@ -277,11 +274,10 @@ class AuditResultsView(QWidget):
         subset = f" ({s['subset']})" if s.get("subset") else ""
         self.title.setText(f"Shortcut audit of {s.get('model') or 'the model'}: {s['images']} images{subset}"
                            f"{cancelled}")
+        from xrayviewer.model.audit import LOW_ATTENTION
+
         att = s["lung_attention"]
-        self.attention.setText(
-            f"Mean lung attention <b>{_pct(att.get('mean'))}</b> · attention mostly outside the lungs in "
-            f"<b>{_pct(att.get('share_below_50'))}</b> of the images")
-        self.mean_attention.set_value(_pct(att.get("mean")), low=(att.get("mean") or 1.0) < 0.5)
+        self.mean_attention.set_value(_pct(att.get("mean")), low=(att.get("mean") or 1.0) < LOW_ATTENTION)
         self.outside.set_value(_pct(att.get("share_below_50")), low=(att.get("share_below_50") or 0.0) > 0.5)
         for key, _text in self.HEADLINE_ROWS:
             perf = s["performance"][key]
