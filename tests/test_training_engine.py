@@ -243,3 +243,20 @@ def test_cancel_during_feature_extraction_stops_after_the_current_batch(disc_dat
     config = TrainingConfig(**{**SYNTH_CONFIG, "augmentation": fresh})
     assert FineTuneJob(disc_dataset, config, extractor=extractor).run(progress=progress, cancel=cancel) is None
     assert extractor.base_batches == 1
+
+
+def test_early_stopping_keeps_the_best_epoch_and_class_weights_run():
+    """Random labels: validation loss stops improving soon; training stops and the best epoch's weights are kept."""
+    from xrayviewer.training.engine import head_logits, train_head
+    from xrayviewer.training.metrics import softmax
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(5.0, 3.0, (80, 32)).astype(np.float32), rng.integers(0, 2, 80)
+    xv, yv = rng.normal(5.0, 3.0, (30, 32)).astype(np.float32), rng.integers(0, 2, 30)
+    config = TrainingConfig(epochs=60, patience=3, class_weights=True, head={"units": 16, "dropout": 0.0}, seed=0)
+    head, history = train_head(x, y, xv, yv, 2, config)
+    assert len(history["loss"]) < 60
+    best = history["best_epoch"]
+    p = softmax(head_logits(head, xv))
+    val_loss = -np.mean(np.log(p[np.arange(len(yv)), yv]))
+    assert val_loss == pytest.approx(history["val_loss"][best - 1], rel=1e-3)   # raw features: folding is exact
