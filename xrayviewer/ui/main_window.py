@@ -20,16 +20,16 @@ from xrayviewer.ui import dialogs
 from xrayviewer.ui.controls import DisplayControls, HeatmapControls
 from xrayviewer.ui.folder_panel import FolderPanel
 from xrayviewer.ui.image_view import COLORMAPS, ViewerPane
-from xrayviewer.ui.jobs import METHODS, Explained, LoadedImage, ground_truth_for, make_thumbnails, scan_folder
+from xrayviewer.ui.folder_loader import FolderLoader
+from xrayviewer.ui.jobs import METHODS, Explained, LoadedImage, ground_truth_for
 from xrayviewer.ui.model_service import ModelService
 from xrayviewer.ui.prediction_panel import PredictionPanel
 from xrayviewer.ui.session import PRIORITY_BACKGROUND, ImageSession
 from xrayviewer.ui.settings import app_settings, read_bool, read_float
 from xrayviewer.ui.shortcuts import SHORTCUTS
-from xrayviewer.ui.workers import LatestRequest, Worker, discard, start_worker
+from xrayviewer.ui.workers import Worker, start_worker
 
 MAX_RECENT = 8
-THUMB_CHUNK = 8          # small chunks: the current image's read never waits long behind thumbnails
 MENU_NAMES = ("File", "View", "Model", "Tools", "Help")
 
 
@@ -66,8 +66,7 @@ class MainWindow(QMainWindow):
         self.model_pool.setExpiryTimeout(-1)
         self.model_service = ModelService(self.model_pool, self)
         self.session = ImageSession(self.model_service, self.io_pool, self.model_pool, self)
-        self._scan = LatestRequest(self.io_pool, priority=20)
-        self._thumb_workers: list[Worker] = []
+        self.loader = FolderLoader(self.io_pool, self)
         self._folder: Path | None = None
         self._pending_select: str | None = None
 
@@ -122,8 +121,7 @@ class MainWindow(QMainWindow):
                            f"{len(files)} file{'s' if len(files) != 1 else ''}")
         if not self._pending_select and files:
             self._pending_select = os.path.realpath(files[0])
-        self._on_scan_chunk(files)
-        self._on_scan_done(len(files))
+        self.loader.add(files)
 
     def select_path(self, path: str | Path) -> bool:
         """Show this file if it is in the list (as given, or the same file by its real path)."""
@@ -308,6 +306,10 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         fp, s, ms = self.folder_panel, self.session, self.model_service
         fp.currentPathChanged.connect(self._on_current_path)
+        self.loader.pathsFound.connect(self._on_scan_chunk)
+        self.loader.thumbnailReady.connect(self._on_thumbnail)
+        self.loader.scanFinished.connect(self._on_scan_done)
+        self.loader.scanFailed.connect(self._on_scan_failed)
         s.imageReady.connect(self._on_image_ready)
         s.imageFailed.connect(self._on_image_failed)
         s.explainPending.connect(self._on_explain_pending)
@@ -354,18 +356,11 @@ class MainWindow(QMainWindow):
     def _open_folder(self, folder: Path) -> None:
         self._start_folder(folder, folder.name or str(folder))
         self._remember_folder(folder)
-        worker = Worker(scan_folder, str(folder))
-        worker.signals.progress.connect(self._on_scan_chunk)
-        worker.signals.returned.connect(self._on_scan_done)
-        worker.signals.errored.connect(self._on_scan_failed)
-        self._scan.submit(worker)
+        self.loader.scan(str(folder))
         self.statusBar().showMessage(f"Scanning {folder}…")
 
     def _start_folder(self, folder: Path | None, title: str) -> None:
-        self._scan.cancel()
-        for worker in self._thumb_workers:
-            discard(worker)
-        self._thumb_workers = []
+        self.loader.stop()
         self.session.stop_background()
         self.session.select(None)
         self._folder = folder
@@ -379,11 +374,6 @@ class MainWindow(QMainWindow):
         classes = self._classes()
         truths = {p: ground_truth_for(p, classes) for p in paths}
         self.folder_panel.model.add_paths(paths, truths)
-        for i in range(0, len(paths), THUMB_CHUNK):
-            worker = Worker(make_thumbnails, paths[i:i + THUMB_CHUNK])
-            worker.signals.progress.connect(self._on_thumbnail)
-            worker.signals.finished.connect(self._forget_thumb_workers)
-            self._thumb_workers.append(start_worker(worker, self.io_pool, PRIORITY_BACKGROUND))
         if self.model_service.classifier is not None:
             self.session.queue_background(paths)
         if self.folder_panel.current_path() is None:
@@ -408,17 +398,14 @@ class MainWindow(QMainWindow):
         self._update_progress()
         self.folderScanned.emit(count)
 
-    def _on_scan_failed(self, exc: BaseException) -> None:
-        self.statusBar().showMessage(f"Could not read the folder: {exc}", 10000)
-        self.viewer.left.show_message(f"Could not read the folder: {exc}", "error")
+    def _on_scan_failed(self, message: str) -> None:
+        self.statusBar().showMessage(f"Could not read the folder: {message}", 10000)
+        self.viewer.left.show_message(f"Could not read the folder: {message}", "error")
         self.folderScanned.emit(0)
 
     def _on_thumbnail(self, item: tuple) -> None:
         path, pixels, error = item
         self.folder_panel.model.set_thumbnail(path, pixels, error)
-
-    def _forget_thumb_workers(self, *_: Any) -> None:
-        self._thumb_workers = [w for w in self._thumb_workers if not w.done.is_set()]
 
     def _remember_folder(self, folder: Path) -> None:
         self.settings.setValue("last_folder", str(folder))
@@ -684,9 +671,7 @@ class MainWindow(QMainWindow):
 
         if save_settings:
             self.save_settings()
-        self._scan.cancel()
-        for worker in self._thumb_workers:
-            discard(worker)
+        self.loader.stop()
         self.session.shutdown()
         self.model_service.cancel()
         cancel_all_and_wait(3000)
