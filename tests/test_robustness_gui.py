@@ -152,8 +152,7 @@ def _check_mixed_folder(qtbot, win, loaded, folder: Path, corpus: dict, good: li
 
     # Select every bad file in turn: the prediction panel says why, the window goes on.
     for name, item in listed_bad:
-        # As a click on the list does it (MainWindow.select_path resolves links, so it cannot pick a broken link).
-        assert win.folder_panel.select_path(item.path), name
+        assert win.select_path(item.path), name
         shown = lambda: win.prediction.error.isVisible() and _plain(item.row.error)[:40] in _plain(  # noqa: E731
             win.prediction.error.text())
         try:
