@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -27,7 +26,7 @@ import pytest
 from robustness_support import build_tiny_model, save_tiny_bundle
 
 from xrayviewer.model import bundle as bundle_module
-from xrayviewer.model.bundle import MODEL_JSON, BundleError, load_bundle, scan_bundles
+from xrayviewer.model.bundle import BundleError, load_bundle, scan_bundles
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
@@ -77,6 +76,7 @@ def _assert_previous_intact(models: Path, before: dict[str, dict[str, str]], *, 
 # the old bundle out and the new one in, and after the swap but before the old copy is deleted.
 _CHILD = r"""
 import os, sys, time
+from pathlib import Path
 sys.path[:0] = [sys.argv[3], sys.argv[4]]
 from robustness_support import build_tiny_model, save_tiny_bundle
 from xrayviewer.model import bundle as b
@@ -112,7 +112,6 @@ def rename(src, dst):
 
 b._write_weights, b._fsync_file, os.rename = write_weights, fsync_file, rename
 print("ready", flush=True)
-from pathlib import Path
 save_tiny_bundle(Path(models) / "target", model, version="2")
 print("phase done", flush=True)
 """
