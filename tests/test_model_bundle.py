@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xrayviewer.imaging import Radiograph, to_model_batch
+from xrayviewer.imaging import Radiograph, file_sha256, to_model_batch
 from xrayviewer.model import bundle as bundle_module
 from xrayviewer.model.bundle import (MODEL_JSON, BundleError, ModelBundle, export_keras, list_bundles, load_bundle,
                                      load_keras_file, save_bundle, scan_bundles)
@@ -138,7 +138,7 @@ def test_extra_files_and_ood_hash(model, tmp_path):
                        extra_files={"ood.npz": npz, "MODEL_CARD.md": b"# card\n"})
     b = load_bundle(path)
     assert (path / "MODEL_CARD.md").read_text() == "# card\n"
-    assert b.ood["sha256"] == bundle_module._sha256(path / "ood.npz")
+    assert b.ood["sha256"] == file_sha256(path / "ood.npz")
     (path / "ood.npz").write_bytes(b"changed")
     assert "out-of-distribution statistics file ood.npz is damaged" in _refusal(path)
 

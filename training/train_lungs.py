@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from xrayviewer import __version__  # noqa: E402
+from xrayviewer.imaging.hashing import file_sha256  # noqa: E402
 from xrayviewer.model.lungs import (  # noqa: E402
     LUNG_BUNDLE_KIND, LUNG_FORMAT_VERSION, LUNG_PREPROCESSING_ID, build_unet, dice, probability_to_mask,
     resize_for_segmenter, standardize)
@@ -148,20 +149,12 @@ def full_size_dice(model, data: Path, rows: list[dict], indices: list[int], imag
     return scores
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_bundle(dest: Path, model, meta: dict, card: str) -> None:
     """Atomic: build in a temp dir next to dest, then swap it in."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lungs-", dir=dest.parent))
     model.save_weights(str(tmp / WEIGHTS_FILE))
-    meta["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256(tmp / WEIGHTS_FILE)}
+    meta["weights"] = {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)}
     (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     for f in tmp.iterdir():

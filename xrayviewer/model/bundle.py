@@ -8,7 +8,6 @@ Nothing here unpickles or deserialises code: weights go through `load_weights`, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from xrayviewer import __version__
+from xrayviewer.imaging.errors import FileAccessError
+from xrayviewer.imaging.hashing import file_sha256
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
@@ -30,14 +31,6 @@ BUNDLE_KIND = "classifier"   # model.json "kind"; other kinds (the lung segmente
 
 class BundleError(Exception):
     """A bundle that cannot be used; `str()` says why in words a person can act on."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -193,7 +186,11 @@ def _check_file(path: Path, name: str, expected: Any, what: str) -> None:
         raise _refuse(path, f"the {what} {name} is missing")
     if not isinstance(expected, str):
         raise _refuse(path, f"{MODEL_JSON} records no sha256 for the {what} {name}")
-    if _sha256(file) != expected:
+    try:
+        actual = file_sha256(file)
+    except FileAccessError as err:
+        raise _refuse(path, f"the {what} {name} cannot be read ({err})") from err
+    if actual != expected:
         raise _refuse(path, f"the {what} {name} is damaged or was changed after saving (sha256 does not match "
                             f"{MODEL_JSON})")
 
@@ -382,11 +379,11 @@ def save_bundle(dest: str | os.PathLike, meta: Mapping[str, Any], model, *, head
     aside: Path | None = None
     try:
         weights_file, scope = _write_weights(model, tmp, head_only)
-        full["weights"] = {"file": weights_file, "sha256": _sha256(tmp / weights_file), "scope": scope}
+        full["weights"] = {"file": weights_file, "sha256": file_sha256(tmp / weights_file), "scope": scope}
         for name, source in (extra_files or {}).items():
             _write_extra(tmp, name, source)
         if full.get("ood") and isinstance(full["ood"], dict) and (tmp / str(full["ood"].get("file"))).is_file():
-            full["ood"]["sha256"] = _sha256(tmp / full["ood"]["file"])
+            full["ood"]["sha256"] = file_sha256(tmp / full["ood"]["file"])
         (tmp / MODEL_JSON).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         for file in tmp.rglob("*"):
             if file.is_file():

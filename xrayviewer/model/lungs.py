@@ -7,7 +7,6 @@ and answers with a mask at the radiograph's original size. TensorFlow is importe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from xrayviewer.imaging.errors import FileAccessError
+from xrayviewer.imaging.hashing import file_sha256
 from xrayviewer.imaging.radiograph import Radiograph
 from xrayviewer.model.bundle import BundleError
 from xrayviewer.paths import LUNG_MODEL_DIR
@@ -150,14 +151,6 @@ def outline(mask: np.ndarray) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- bundle
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_lung_meta(path: str | Path) -> dict[str, Any]:
     """Validate a lung bundle folder and return its model.json (raises LungModelError with a clear message)."""
     folder = Path(path)
@@ -188,7 +181,11 @@ def read_lung_meta(path: str | Path) -> dict[str, Any]:
         raise LungModelError(f"{meta_path}: input_size {rows}x{cols} must be positive multiples of 16.")
     if not weights.is_file():
         raise LungModelError(f"lung model weights {weights} are missing.")
-    if _sha256(weights) != expected:
+    try:
+        actual = file_sha256(weights)
+    except FileAccessError as err:
+        raise LungModelError(f"lung model weights {weights} cannot be read ({err}).") from None
+    if actual != expected:
         raise LungModelError(f"lung model weights {weights} do not match the sha256 in model.json "
                              "(damaged or replaced file).")
     return meta

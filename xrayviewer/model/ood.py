@@ -18,7 +18,6 @@ Stored in a bundle as `ood.npz` + `model.json["ood"]` (threshold 1.0); no Tensor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -76,14 +75,6 @@ def polarity_score(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class OODStats:
     """Gaussian statistics of the training features and the distance threshold. Higher score = more unusual."""
@@ -120,13 +111,15 @@ class OODStats:
 
     def save(self, target: str | os.PathLike) -> dict[str, Any]:
         """Write `ood.npz` (into a bundle folder, or to an explicit `*.npz` path); return the model.json["ood"] entry."""
+        from xrayviewer.imaging.hashing import file_sha256
+
         target = Path(target)
         path = target if target.suffix == ".npz" else target / OOD_FILE
         with open(path, "wb") as f:
             np.savez(f, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
                      distance_threshold=np.float64(self.distance_threshold), quantile=np.float64(self.quantile),
                      n_train=np.int64(self.n_train), method=np.array(self.method))
-        return {"method": self.method, "file": path.name, "sha256": _sha256(path), "threshold": float(self.threshold),
+        return {"method": self.method, "file": path.name, "sha256": file_sha256(path), "threshold": float(self.threshold),
                 "distance_threshold": float(self.distance_threshold), "quantile": float(self.quantile),
                 "n_train": int(self.n_train)}
 
