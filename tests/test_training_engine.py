@@ -260,3 +260,36 @@ def test_early_stopping_keeps_the_best_epoch_and_class_weights_run():
     p = softmax(head_logits(head, xv))
     val_loss = -np.mean(np.log(p[np.arange(len(yv)), yv]))
     assert val_loss == pytest.approx(history["val_loss"][best - 1], rel=1e-3)   # raw features: folding is exact
+
+
+@pytest.mark.parametrize("pattern", [r"syn_p\d+", r"SYN_P\d", r"(?P<patient>p\d+)", r".*png$", r"[^_]+_[^_]+"])
+def test_an_edited_pattern_groups_patients_as_the_dataset_check_does(tmp_path_factory, pattern):
+    """The split and discover_dataset apply one rule: case-insensitive, at the start of the name without its
+    extension, the whole match is the patient."""
+    from xrayviewer.imaging import discover_dataset
+
+    root = tmp_path_factory.mktemp("cases") / "data"
+    write_disc_dataset(root, patients_per_class=3)
+    for path in sorted((root / "dark").iterdir()):          # upper-case names still match a lower-case pattern
+        path.rename(path.with_name(path.name.upper()))
+    checked = discover_dataset(root, patient_pattern=pattern)
+    groups, origin = patient_groups(discover_dataset(root), TrainingConfig(split_by="pattern", patient_pattern=pattern))
+    assert origin == "pattern"
+    expected = [f"file:{item.path}" if item.patient_id == str(item.path) else f"pattern:{item.patient_id}"
+                for item in checked.items]                  # the scanner's id, or one patient per file
+    assert groups == expected
+
+
+def test_pattern_groups_by_the_whole_match_at_the_start_of_the_stem(disc_dataset):
+    from xrayviewer.imaging import discover_dataset
+
+    dataset = discover_dataset(disc_dataset)
+
+    def by(pattern: str) -> list[str]:
+        return patient_groups(dataset, TrainingConfig(split_by="pattern", patient_pattern=pattern))[0]
+
+    assert len(set(by(r"SYN_P\d+"))) == 12                   # case-insensitive: 12 patients
+    assert all(g.startswith("file:") for g in by(r"p\d+"))   # not at the start of the name: one patient per file
+    assert all(g.startswith("file:") for g in by(r".*png"))  # the extension is not part of the name matched
+    with pytest.raises(TrainingError, match="not a valid regular expression"):
+        TrainingConfig(split_by="pattern", patient_pattern="syn_(p").check()

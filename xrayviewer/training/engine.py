@@ -17,7 +17,6 @@ Epochs and batches are 1-based.
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 import threading
 import time
@@ -27,6 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+# The scanner's patient-id rule (compiled case-insensitively, matched at the start of the name without extension,
+# the whole match is the id): one implementation, so the dataset check and the split group patients alike.
+from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN, Dataset, _compile_pattern, _patient_from_name
 from xrayviewer.model.architecture import DEFAULT_HEAD
 from xrayviewer.model.backbone import DEFAULT_BASE_ID
 from xrayviewer.training.features import Augmentation, ExtractionCancelled, FeatureExtractor, FeatureSource
@@ -49,7 +51,7 @@ class TrainingConfig:
     val_fraction: float = 0.2
     seed: int = 42
     split_by: str = "auto"                 # patient ids from: auto (what the dataset has) | manifest | pattern | file
-    patient_pattern: str | None = None     # regex matched at the start of the file name; the match is the patient
+    patient_pattern: str | None = None     # regex, as discover_dataset applies it: see imaging/scan.py
     class_weights: bool = False            # weight classes by inverse frequency
     early_stopping: bool = True            # stop when validation loss stops improving; keep the best epoch
     patience: int = 5
@@ -82,11 +84,7 @@ class TrainingConfig:
         if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise TrainingError("epochs, batch size and learning rate must be positive")
         if self.split_by == "pattern" and self.patient_pattern:
-            try:
-                re.compile(self.patient_pattern)
-            except re.error as err:
-                raise TrainingError(f"the patient-id pattern {self.patient_pattern!r} is not a valid regular "
-                                    f"expression ({err})") from err
+            _patient_regex(self.patient_pattern)
 
 
 # ------------------------------------------------------------------------------------------------------------ split
@@ -102,15 +100,23 @@ def patient_groups(dataset, config: TrainingConfig) -> tuple[list[str], str]:
     if by == "file":
         return [f"file:{item.path}" for item in items], "file"
     if by == "pattern":
-        from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN
-
-        regex = re.compile(config.patient_pattern or DEFAULT_PATIENT_PATTERN, re.IGNORECASE)
+        regex = _patient_regex(config.patient_pattern)
         groups = []
-        for item in items:   # same rule as discover_dataset: the whole match at the start of the name is the id
-            found = regex.match(Path(item.path).stem)
-            groups.append(f"pattern:{found.group(0).lower()}" if found and found.group(0) else f"file:{item.path}")
+        for item in items:
+            patient, _source, found_by = _patient_from_name(Path(item.path), regex)
+            groups.append(f"pattern:{patient}" if found_by == "pattern" else f"file:{item.path}")
         return groups, "pattern"
     return [f"{origin}:{item.patient_id}" if item.patient_id else f"file:{item.path}" for item in items], origin
+
+
+def _patient_regex(pattern: str | None):
+    """The patient-id pattern compiled as discover_dataset compiles it; TrainingError with the scanner's message
+    when it is not a valid regular expression."""
+    probe = Dataset(root=Path("."))
+    regex = _compile_pattern(probe, pattern or DEFAULT_PATIENT_PATTERN)
+    if regex is None:
+        raise TrainingError(probe.problems[0].message)
+    return regex
 
 
 def split_by_patient(labels: np.ndarray, groups: list[str], val_fraction: float, seed: int

@@ -528,8 +528,8 @@ class SettingsPage(QWidget):
         self.default_pattern = d.patient_pattern or DEFAULT_PATIENT_PATTERN   # what discover_dataset applied
         self.patient_pattern = QLineEdit(self.default_pattern)
         self.patient_pattern.setPlaceholderText(r"e.g. ^(?P<patient>[^_]+)_  (a regular expression)")
-        self.patient_pattern.setToolTip("Regular expression searched in each file name: its group named 'patient' "
-                                        "(or its first group, or the whole match) is the patient id. Files it does "
+        self.patient_pattern.setToolTip("Regular expression matched at the start of each file name without its "
+                                        "extension, ignoring case: the whole match is the patient id. Files it does "
                                         "not match count as one patient each. Not used when the folder has a "
                                         "manifest.csv with a patient_id column.")
         self.patient_pattern.textChanged.connect(self._update_patient_origin)
