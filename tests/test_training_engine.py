@@ -78,6 +78,9 @@ def test_saved_bundle_predicts_what_the_engine_measured(trained, tmp_path):
     training = bundle.meta["training"]
     assert training["data_fingerprint"] == result.data_fingerprint and training["hyperparameters"]["epochs"] == 6
     assert training["split"]["validation"]["files"] == len(result.validation["paths"])
+    train_sha, val_sha = training["split"]["train"]["sha256"], training["split"]["validation"]["sha256"]
+    assert len(train_sha) == training["split"]["train"]["files"] and val_sha == result.validation["sha256"]
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in train_sha) and not set(train_sha) & set(val_sha)
     assert bundle.meta["metrics"]["validation"]["accuracy"] == pytest.approx(result.metrics["accuracy"])
     for png in ("plot.png", "confusion.png", "roc.png", "reliability.png"):
         assert (path / png).read_bytes()[:4] == b"\x89PNG"
@@ -260,6 +263,21 @@ def test_early_stopping_keeps_the_best_epoch_and_class_weights_run():
     p = softmax(head_logits(head, xv))
     val_loss = -np.mean(np.log(p[np.arange(len(yv)), yv]))
     assert val_loss == pytest.approx(history["val_loss"][best - 1], rel=1e-3)   # raw features: folding is exact
+
+
+def test_the_dialog_sees_which_validation_images_a_saved_model_was_trained_on(trained, tmp_path):
+    """model.json lists the training files' hashes where the training dialog looks for them (its overlap warning)."""
+    from xrayviewer.imaging import file_sha256
+    from xrayviewer.model.bundle import load_bundle
+    from xrayviewer.ui.training_dialog import _trained_on
+
+    _job, result, _events = trained
+    bundle = load_bundle(result.save(tmp_path / "seen", name="seen"))
+    train_files = [p for p in sorted(Path(result.dataset_root).rglob("*.png")) if str(p) not in
+                   result.validation["paths"]]
+    assert _trained_on(bundle, result.validation["sha256"]) == 0
+    assert len(train_files) == result.split["train"]["files"] > 0
+    assert _trained_on(bundle, [file_sha256(p) for p in train_files]) == len(train_files)
 
 
 @pytest.mark.parametrize("pattern", [r"syn_p\d+", r"SYN_P\d", r"(?P<patient>p\d+)", r".*png$", r"[^_]+_[^_]+"])

@@ -397,8 +397,10 @@ class FineTuneJob:
             "by": origin,
             "seed": cfg.seed,
             "val_fraction": cfg.val_fraction,
+            # Content hashes of the files on each side, so a later training can tell that this model has seen
+            # its validation images (64 hex characters a file: a few thousand files stay well under a megabyte).
             "train": {"files": len(train_idx), "patients": len({groups[i] for i in train_idx}),
-                      "files_sha256": _list_hash(sorted(sources[i].sha256 for i in train_idx))},
+                      "sha256": sorted(sources[i].sha256 for i in train_idx)},
             "validation": {"files": len(val_idx), "patients": len({groups[i] for i in val_idx}),
                            "paths": [_relative(item.path, root) for item in val_items],
                            "sha256": [sources[i].sha256 for i in val_idx]},
