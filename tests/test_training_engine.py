@@ -248,6 +248,32 @@ def test_cancel_during_feature_extraction_stops_after_the_current_batch(disc_dat
     assert extractor.base_batches == 1
 
 
+def test_cancel_while_the_base_runs_answers_within_seconds(disc_dataset, tmp_path):
+    """Cancel from another thread (the dialog's Cancel button) lands while a base batch runs: the job must not
+    finish a long batch first. 3 s is generous for a loaded 2-core machine (one batch takes ~0.6 s when quiet)."""
+    cancel = threading.Event()
+    marks: dict[str, float] = {}
+    timers: list[threading.Timer] = []
+
+    def cancel_soon():
+        marks["set"] = time.perf_counter()
+        cancel.set()
+
+    def progress(event):
+        if event["kind"] == "features" and event["done"] > 0 and not timers:
+            timers.append(threading.Timer(0.1, cancel_soon))  # lands while the next batch is prepared or in the base
+            timers[0].start()
+
+    fresh = Augmentation(rotation_deg=4.0)                       # a cache key no other test has filled
+    extractor = FeatureExtractor(augmentation=fresh, cache_root=tmp_path / "features")
+    config = TrainingConfig(**{**SYNTH_CONFIG, "augmentation": fresh})
+    result = FineTuneJob(disc_dataset, config, extractor=extractor).run(progress=progress, cancel=cancel)
+    waited = time.perf_counter() - marks["set"]
+    assert result is None
+    assert waited < 3.0, f"cancel took {waited:.1f} s to answer"
+    assert extractor.base_batches <= 3                        # stopped early: the whole run needs 11
+
+
 def test_early_stopping_keeps_the_best_epoch_and_class_weights_run():
     """Random labels: validation loss stops improving soon; training stops and the best epoch's weights are kept."""
     from xrayviewer.training.engine import head_logits, train_head
