@@ -306,6 +306,47 @@ def test_the_dialog_sees_which_validation_images_a_saved_model_was_trained_on(tr
     assert _trained_on(bundle, [file_sha256(p) for p in train_files]) == len(train_files)
 
 
+def test_a_tiny_folder_trains_without_ood_statistics_and_its_bundle_loads(tmp_path):
+    """Fewer than 10 training images: no OOD statistics (logged with the reason), the rest of the model stands."""
+    from xrayviewer.imaging import read_radiograph
+    from xrayviewer.model.bundle import load_bundle
+    from xrayviewer.model.classifier import Classifier
+
+    data = write_disc_dataset(tmp_path / "tiny", patients_per_class=5, images_per_patient=1)
+    events: list[dict] = []
+    result = FineTuneJob(data, TrainingConfig(**{**SYNTH_CONFIG, "variants": 1, "epochs": 3})).run(
+        progress=events.append)
+    assert result is not None and result.ood is None
+    assert result.split["train"]["files"] < 10
+    assert any(e["text"].startswith("no out-of-distribution statistics: ") and "at least 10" in e["text"]
+               for e in events if e["kind"] == "log")
+    path = result.save(tmp_path / "models" / "tiny", name="tiny")
+    assert json.loads((path / "model.json").read_text())["ood"] is None and not (path / "ood.npz").exists()
+    analysis = Classifier.load(load_bundle(path)).analyze(read_radiograph(result.validation["paths"][0]))
+    assert analysis.ood_score is None and not analysis.ood_flag
+    assert float(np.sum(analysis.probabilities)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ood_threshold_is_cross_fitted_by_patient(disc_dataset, monkeypatch):
+    """fit_ood gets one group per training image, the image's patient, so a patient's two images share a fold."""
+    from xrayviewer.model import ood as ood_module
+
+    calls = []
+    real_fit = ood_module.fit_ood
+
+    def recording_fit(features, **kwargs):
+        calls.append((len(features), list(kwargs.get("groups") or [])))
+        return real_fit(features, **kwargs)
+
+    monkeypatch.setattr(ood_module, "fit_ood", recording_fit)
+    result = FineTuneJob(disc_dataset, TrainingConfig(**{**SYNTH_CONFIG, "epochs": 2})).run()
+    assert result.ood is not None and len(calls) == 1
+    n_features, groups = calls[0]
+    assert n_features == len(groups) == result.split["train"]["files"]
+    assert len(set(groups)) == result.split["train"]["patients"] == n_features // 2
+    assert not set(groups) & set(result.validation["patients"])
+
+
 @pytest.mark.parametrize("pattern", [r"syn_p\d+", r"SYN_P\d", r"(?P<patient>p\d+)", r".*png$", r"[^_]+_[^_]+"])
 def test_an_edited_pattern_groups_patients_as_the_dataset_check_does(tmp_path_factory, pattern):
     """The split and discover_dataset apply one rule: case-insensitive, at the start of the name without its
