@@ -38,6 +38,13 @@ class FakeAnalysis:
     def predicted_index(self) -> int:
         return int(np.argmax(self.probabilities))
 
+    @property
+    def predicted(self) -> str:
+        return self.classes[self.predicted_index]
+
+    def probability_dict(self) -> dict[str, float]:
+        return {c: float(p) for c, p in zip(self.classes, self.probabilities)}
+
     def heatmap(self, class_index=None, shape=None):
         index = self.predicted_index if class_index is None else int(class_index)
         return upsample_cam(self.cams[index], shape or self.original_shape)

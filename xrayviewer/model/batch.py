@@ -24,7 +24,7 @@ Progress = Callable[[dict], None]   # gets {"kind": "classify", "done": int, "to
 class PathAnalysis:
     """One input file's outcome: the analysis, or the error text. `radiograph` only when the caller kept it."""
 
-    path: Path
+    path: Path | str                # str: kept as the caller spelled it (the viewer keys rows by it)
     analysis: Any = None            # classifier.Analysis
     radiograph: Radiograph | None = None
     lung_mask: np.ndarray | None = None

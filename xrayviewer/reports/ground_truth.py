@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,8 +20,18 @@ def _key(path: str | Path) -> str:
 
 def read_manifest_labels(manifest: str | Path) -> dict[str, str]:
     """{absolute path: label} from a CSV with a path column (relative to the CSV) and a label column.
-    An unreadable or label-less manifest gives {} (ground truth then falls back to the folder layout)."""
-    manifest = Path(manifest)
+    An unreadable or label-less manifest gives {} (ground truth then falls back to the folder layout).
+    Memoised by size and mtime (the viewer asks once per file it shows); do not modify the returned dict."""
+    try:
+        info = os.stat(manifest)
+    except OSError:
+        return {}
+    return _read_manifest_labels(_key(manifest), info.st_size, info.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _read_manifest_labels(manifest_key: str, size: int, mtime_ns: int) -> dict[str, str]:
+    manifest = Path(manifest_key)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

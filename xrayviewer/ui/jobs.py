@@ -9,12 +9,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 
 from xrayviewer.imaging import RadiographError, Radiograph
+from xrayviewer.model.batch import PathAnalysis, result_row
+from xrayviewer.reports.ground_truth import ground_truth_labels
 from xrayviewer.results import ResultRow
 from xrayviewer.ui.cache import LRUCache
 from xrayviewer.ui.workers import check_cancel
@@ -73,13 +75,10 @@ def display_shape(shape: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(rows * scale)), max(1, round(cols * scale))
 
 
-def ground_truth_for(path: str | Path, classes: Iterable[str]) -> str:
-    """The class named by the parent folder (`covid/x.png` -> "covid"), or "" when the folder names no class."""
-    parent = Path(path).parent.name.lower()
-    for name in classes:
-        if name.lower() == parent:
-            return name
-    return ""
+def ground_truth_for(path: str | Path, classes: Sequence[str]) -> str:
+    """One file's ground truth by THE rule (reports.ground_truth: a manifest.csv label, else a parent folder named
+    like a class), or "". Asked per file: the badges and the image on screen must agree whichever chunk a file came in."""
+    return ground_truth_labels([path], classes).get(Path(path), "")
 
 
 def load_image(path: str | Path, cache: LRUCache | None = None) -> LoadedImage:
@@ -98,16 +97,6 @@ def load_image(path: str | Path, cache: LRUCache | None = None) -> LoadedImage:
     if cache is not None:
         cache.put(key, loaded)
     return loaded
-
-
-def result_row(path: str, analysis: Any, classes: list[str], ground_truth: str = "",
-               lung_attention: float | None = None) -> ResultRow:
-    probs = np.asarray(analysis.probabilities, dtype=float)
-    return ResultRow(path=path, probabilities={c: float(p) for c, p in zip(classes, probs)},
-                     predicted=classes[int(np.argmax(probs))], ground_truth=ground_truth,
-                     lung_attention=lung_attention,
-                     ood_score=None if getattr(analysis, "ood_score", None) is None else float(analysis.ood_score),
-                     ood_flag=bool(getattr(analysis, "ood_flag", False)))
 
 
 class NotCached(Exception):
@@ -181,7 +170,6 @@ def explain_image(image: LoadedImage, classifier: Any, model_key: str, method: s
     """
     analysis = get_analysis(classifier, model_key, image, caches, compute)
     check_cancel(cancel)
-    classes = list(classifier.classes)
     index = int(np.argmax(analysis.probabilities)) if class_index is None else int(class_index)
     heatmap = get_heatmap(classifier, model_key, image, analysis, method, index, caches, compute)
     check_cancel(cancel)
@@ -196,7 +184,8 @@ def explain_image(image: LoadedImage, classifier: Any, model_key: str, method: s
             raise
         except Exception as exc:  # noqa: BLE001 - the lung model is an extra; the prediction stands without it
             notes.append(f"Lung fields unavailable: {exc}")
-    row = result_row(image.path, analysis, classes, ground_truth, attention)
+    row = result_row(PathAnalysis(image.path, analysis), ground_truth)
+    row.lung_attention = attention   # measured on the heatmap shown, at display size
     return Explained(image.path, image.sha256, model_key, method, index, analysis, heatmap, row, mask, outline,
                      attention, notes)
 
@@ -211,7 +200,7 @@ def classify_file(path: str, classifier: Any, model_key: str, caches: Caches, gr
         return ResultRow(path=path, ground_truth=ground_truth, error=str(exc))
     check_cancel(cancel)
     analysis = get_analysis(classifier, model_key, image, caches)
-    return result_row(path, analysis, list(classifier.classes), ground_truth)
+    return result_row(PathAnalysis(path, analysis), ground_truth)
 
 
 def scan_folder(folder: str, progress: Callable[[list[str]], None] | None = None,
