@@ -129,6 +129,20 @@ def test_folders_plain_and_recursive(model_dir, tmp_path, capsys):
     assert code == 0 and sorted(Path(r[0]).name for r in rows[1:]) == ["x1.png", "x2.png", "y.png"]
 
 
+def test_ground_truth_and_correct_from_class_folders(model_dir, tmp_path, capsys):
+    synthetic_png(tmp_path / "data" / "covid" / "c1.png", 6)
+    synthetic_png(tmp_path / "data" / "Normal" / "n1.png", 7)       # folder names match classes case-insensitively
+    synthetic_png(tmp_path / "data" / "misc" / "m1.png", 8)         # a folder that names no class: no ground truth
+    code, rows, err = run_predict(capsys, "--model", model_dir, "--recursive", tmp_path / "data")
+    assert code == 0, err
+    records = {Path(r["path"]).name: r for r in (dict(zip(rows[0], row)) for row in rows[1:])}
+    assert {name: r["ground_truth"] for name, r in records.items()} == {"c1.png": "covid", "n1.png": "normal",
+                                                                        "m1.png": ""}
+    for r in records.values():
+        expected = "" if not r["ground_truth"] else str(r["predicted"] == r["ground_truth"]).lower()
+        assert r["correct"] == expected
+
+
 @pytest.mark.parametrize("case", ["missing model", "broken model", "csv folder missing", "empty folder",
                                   "bad batch size"])
 def test_usage_errors_exit_2(model_dir, inputs, tmp_path, capsys, case):

@@ -1,4 +1,6 @@
-"""`xrayviewer predict PATH...`: one CSV row per image (path, predicted, p_<class>..., error).
+"""`xrayviewer predict PATH...`: one CSV row per image (path, predicted, p_<class>..., ground_truth, correct, ..., error).
+
+Ground truth comes from a manifest.csv label column or a parent folder named like a class (reports.ground_truth).
 
 Unreadable files get a row with the error and the run goes on. Exit 0 when every file was read, 1 when some failed,
 2 on usage errors (no such model, nothing to classify, unwritable output). Progress goes to stderr so the CSV on
@@ -140,14 +142,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: lung_attention left empty, the lung model cannot be used: {err}", file=sys.stderr)
 
     from xrayviewer.model.batch import analyze_paths, result_row
+    from xrayviewer.reports.ground_truth import ground_truth_labels
     from xrayviewer.results import write_results_csv
+
+    paths = list(_expand(args.paths, args.recursive))
+    truth = ground_truth_labels(paths, classifier.classes)   # the same rule as the results table's export
 
     progress = _ProgressLine(args.quiet)
     counts = {"files": 0, "failed": 0}
     used_names: set[str] = set()
 
     def rows():
-        for item in analyze_paths(classifier, _expand(args.paths, args.recursive), cams=bool(heatmap_dir or lungs),
+        for item in analyze_paths(classifier, paths, cams=bool(heatmap_dir or lungs),
                                   keep_radiographs=heatmap_dir is not None, lungs=lungs,
                                   batch_size=args.batch_size, progress=progress):
             counts["files"] += 1
@@ -159,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 except OSError as err:
                     print(f"note: no heatmap for {item.path}: {err}", file=sys.stderr)
                 item.radiograph = None  # let the original go before the next batch
-            yield result_row(item)
+            yield result_row(item, truth.get(Path(item.path), ""))
 
     try:
         if csv_out is None:
