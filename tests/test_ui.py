@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, Qt, QUrl
-from PySide6.QtGui import QDropEvent, QImage, QPainter
+from PySide6.QtGui import QDropEvent, QImage, QKeySequence, QPainter
 from PySide6.QtWidgets import QApplication
 
 from ui_fakes import FakeClassifier, marker_image, synthetic_folder, write_png
@@ -431,6 +431,18 @@ def test_every_shortcut_is_listed_in_help(window):
         assert window.actions_by_id[action_id].shortcuts()
     for key in ("=", "R", "L", "H", "V", "I", "Space"):      # OHIF's view keys
         assert f"<b>{key}</b>" in html
+    # the extensions' shortcuts (added to the window's menus when they install) are listed too, once each
+    html = shortcuts_html(window)
+    assert "<b>Ctrl+Shift+K</b></td><td>Classify folder" in html and "<b>Ctrl+T</b></td><td>Train…" in html
+    menu_actions: list = []
+    pending = [a.menu() for a in window.menuBar().actions() if a.menu() is not None]
+    while pending:
+        for action in pending.pop().actions():
+            (pending if action.menu() is not None else menu_actions).append(action.menu() or action)
+    for action in menu_actions:
+        for key in action.shortcuts():
+            assert f"<b>{key.toString(QKeySequence.SequenceFormat.PortableText)}</b>" in html, action.text()
+    assert html.count("Classify folder") == 1
 
 
 def test_model_load_failure_is_shown_not_raised(qtbot, window, tmp_path):

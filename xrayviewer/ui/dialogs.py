@@ -7,7 +7,9 @@ from importlib import metadata
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialog, QDialogButtonBox, QMessageBox, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QMainWindow, QMenu, QMessageBox, QTextBrowser,
+                               QVBoxLayout, QWidget)
 
 from xrayviewer import APP_NAME, DISCLAIMER, __version__
 from xrayviewer.ui.shortcuts import MOUSE, SHORTCUTS
@@ -21,9 +23,34 @@ DISCLAIMER_TEXT = (f"<p><b>{DISCLAIMER}</b></p>"
                    "disease. The lung-attention figure and the heatmap are there to help you catch that.</p>")
 
 
-def shortcuts_html() -> str:
+def menu_shortcuts(window: QWidget | None) -> list[tuple[str, tuple[str, ...], str]]:
+    """(text, shortcuts, menu title) of the actions with shortcuts in the window's menus that SHORTCUTS does not list:
+    the extensions' own (Classify folder, Train…), found where they put them, so Help › Shortcuts never misses one."""
+    bar = window.menuBar() if isinstance(window, QMainWindow) else None
+    if bar is None:
+        return []
+    listed = set(getattr(window, "actions_by_id", {}).values())
+    found: list[tuple[str, tuple[str, ...], str]] = []
+
+    def walk(menu: QMenu, title: str) -> None:
+        for action in menu.actions():
+            if action.menu() is not None:
+                walk(action.menu(), title)
+            elif action.shortcuts() and action not in listed:
+                listed.add(action)   # an action in two menus is listed once
+                keys = tuple(k.toString(QKeySequence.SequenceFormat.PortableText) for k in action.shortcuts())
+                found.append((action.text(), keys, title))
+
+    for top in bar.actions():
+        if top.menu() is not None:
+            walk(top.menu(), top.text().replace("&", ""))
+    return found
+
+
+def shortcuts_html(window: QWidget | None = None) -> str:
+    """SHORTCUTS, then (given the window) the shortcuts extensions added to its menus, grouped by menu."""
     groups: dict[str, list[str]] = {}
-    for text, keys, group in SHORTCUTS.values():
+    for text, keys, group in [*SHORTCUTS.values(), *menu_shortcuts(window)]:
         label = text.replace("&", "")
         groups.setdefault(group, []).append(
             f"<tr><td width='170'>{' / '.join(f'<b>{k}</b>' for k in keys)}</td><td>{label}</td></tr>")
@@ -55,7 +82,7 @@ class TextDialog(QDialog):
 
 
 def shortcuts_dialog(parent: QWidget | None = None) -> TextDialog:
-    return TextDialog("Keyboard shortcuts", parent, html=shortcuts_html(), size=(540, 760))
+    return TextDialog("Keyboard shortcuts", parent, html=shortcuts_html(parent), size=(540, 760))
 
 
 def model_card_dialog(bundle_path: Path | None, parent: QWidget | None = None) -> QDialog | None:
