@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QImage, QKeySequence, QPixmap
+from PySide6.QtGui import QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from xrayviewer.ui.image_view import pixmap_gray, pixmap_rgba
 from xrayviewer.ui.workers import Cancelled, Worker, check_cancel, start_worker
 
 THUMBS_PER_CLASS = 4
@@ -239,14 +240,6 @@ def save_result(result: Any, name: str, dest: Path) -> Path:
 
 # ---------------------------------------------------------------- small widgets
 
-def pixmap_from_array(image: np.ndarray) -> QPixmap:
-    """uint8 gray (h, w) or RGBA (h, w, 4) -> QPixmap (bytes-per-line from strides; copied so numpy can go)."""
-    image = np.ascontiguousarray(image)
-    fmt = QImage.Format.Format_Grayscale8 if image.ndim == 2 else QImage.Format.Format_RGBA8888
-    qimage = QImage(image.data, image.shape[1], image.shape[0], image.strides[0], fmt)
-    return QPixmap.fromImage(qimage.copy())
-
-
 class FigureView(QLabel):
     """Shows a rendered figure, scaled to fit while keeping its aspect ratio."""
 
@@ -259,7 +252,8 @@ class FigureView(QLabel):
         self.setWordWrap(True)
 
     def set_image(self, image: np.ndarray) -> None:
-        self._pixmap = pixmap_from_array(image)
+        """image: RGBA uint8 (h, w, 4), as render_figure and the audit's figure reader give."""
+        self._pixmap = pixmap_rgba(image)
         self._rescale()
 
     def clear_image(self, text: str = "") -> None:
@@ -446,7 +440,7 @@ class DataPage(QWidget):
             self.classes_grid.addWidget(name, row, 0)
             for col, image in enumerate(thumbs.get(label, []), start=1):
                 thumb = QLabel()
-                thumb.setPixmap(pixmap_from_array(image))
+                thumb.setPixmap(pixmap_gray(image))
                 thumb.setFixedSize(THUMB_PX + 4, THUMB_PX + 4)
                 thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
                 thumb.setToolTip(label)
