@@ -96,6 +96,21 @@ def test_window_appears_before_tensorflow_is_imported(tmp_path):
     assert out.stdout.split()[-3:] == ["False", "False", "True"]
 
 
+def test_window_appears_before_sklearn_and_scipy_are_imported(tmp_path):
+    """They are slow to import and only the model (Keras pulls both in) and training need them: none of the
+    window's modules, extensions or start-up workers may import them before the first paint."""
+    code = ("import os, sys; os.environ['QT_QPA_PLATFORM']='offscreen';"
+            f"os.environ['XRAYVIEWER_SETTINGS_DIR']={str(tmp_path)!r};"
+            "from PySide6.QtCore import QTimer; from PySide6.QtWidgets import QApplication; app=QApplication([]);"
+            "from xrayviewer.ui.main_window import MainWindow; w=MainWindow(); w.show(); app.processEvents();"
+            "seen=[];"   # after one pass of the event loop (the first paint): what is imported, is the window up
+            "QTimer.singleShot(0, lambda: (seen.extend([*(m in sys.modules for m in ('sklearn', 'scipy')),"
+            " w.isVisible()]), app.quit())); app.exec(); print(*seen)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-3:] == ["False", "False", "True"]
+
+
 def test_open_folder_shows_prediction_heatmap_badges_and_ground_truth(qtbot, window, folder):
     fake = open_with_fake(qtbot, window, folder)
     ex = wait_shown(qtbot, window)
