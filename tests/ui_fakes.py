@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from xrayviewer.model.classifier import Analysis
 from xrayviewer.model.explain import Explanation, upsample_cam
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -25,29 +26,12 @@ class FakeBundle:
         self.meta = {"name": self.name, "version": self.version, "classes": self.classes}
 
 
-class FakeAnalysis:
+class FakeAnalysis(Analysis):
+    """The real Analysis (same properties and heatmap) filled from the fake's pass."""
+
     def __init__(self, classes, probabilities, cams, shape, ood_flag=False):
-        self.classes, self.probabilities, self.cams = classes, probabilities, cams
-        self.logits = np.log(probabilities)
-        self.features = np.zeros(8, np.float32)
-        self.original_shape = shape
-        self.ood_score = 3.0 if ood_flag else 0.5
-        self.ood_flag = ood_flag
-
-    @property
-    def predicted_index(self) -> int:
-        return int(np.argmax(self.probabilities))
-
-    @property
-    def predicted(self) -> str:
-        return self.classes[self.predicted_index]
-
-    def probability_dict(self) -> dict[str, float]:
-        return {c: float(p) for c, p in zip(self.classes, self.probabilities)}
-
-    def heatmap(self, class_index=None, shape=None):
-        index = self.predicted_index if class_index is None else int(class_index)
-        return upsample_cam(self.cams[index], shape or self.original_shape)
+        super().__init__(classes, probabilities, np.log(probabilities), cams, np.zeros(8, np.float32), shape,
+                         ood_score=3.0 if ood_flag else 0.5, ood_flag=ood_flag)
 
 
 class FakeClassifier:
