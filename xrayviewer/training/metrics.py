@@ -149,11 +149,16 @@ def _figure(width: float = 6.0, height: float = 4.0):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _single_axes(fig, width: float, height: float):
+    """(figure, its one axes): `fig` cleared for redrawing (the dialogs reuse theirs), else a new width x height one."""
+    fig = fig or _figure(width, height)
+    fig.clear()
+    return fig, fig.add_subplot(1, 1, 1)
+
+
 def training_curves_figure(history: dict[str, list[float]], title: str = "Training loss and accuracy", fig=None):
     """The classic plot.png: loss and accuracy per epoch, train and validation. Draws into `fig` when given."""
-    fig = fig or _figure(7.0, 4.0)
-    fig.clear()
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes(fig, 7.0, 4.0)
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     styles = (("loss", "train loss", "C0", "-"), ("val_loss", "val loss", "C1", "-"),
               ("accuracy", "train acc", "C0", "--"), ("val_accuracy", "val acc", "C1", "--"))
@@ -171,9 +176,7 @@ def training_curves_figure(history: dict[str, list[float]], title: str = "Traini
 
 
 def confusion_figure(metrics: dict[str, Any], title: str = "Confusion matrix", fig=None):
-    fig = fig or _figure(4.5, 4.0)
-    fig.clear()
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes(fig, 4.5, 4.0)
     cm = np.asarray(metrics["confusion_matrix"])
     classes = metrics["classes"]
     ax.imshow(cm, cmap="Blues")
@@ -188,9 +191,7 @@ def confusion_figure(metrics: dict[str, Any], title: str = "Confusion matrix", f
 
 
 def roc_figure(metrics: dict[str, Any], title: str = "ROC (one vs rest)", fig=None):
-    fig = fig or _figure(4.5, 4.0)
-    fig.clear()
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes(fig, 4.5, 4.0)
     for name, curve in metrics.get("roc", {}).items():
         auc = metrics["per_class"][name]["auc"]
         ax.plot(curve["fpr"], curve["tpr"], label=f"{name} (AUC {auc:.3f})")
@@ -206,9 +207,7 @@ def roc_figure(metrics: dict[str, Any], title: str = "ROC (one vs rest)", fig=No
 
 
 def reliability_figure(metrics: dict[str, Any], title: str = "Reliability", fig=None):
-    fig = fig or _figure(4.5, 4.0)
-    fig.clear()
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _single_axes(fig, 4.5, 4.0)
     bins = [b for b in metrics.get("reliability", []) if b["count"]]
     if bins:
         centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
