@@ -9,7 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QLabel, QMainWindow, QMenu, QScrollArea, QSplitter, QToolBar,
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QLabel, QMainWindow, QMenu, QScrollArea, QSplitter, QToolBar,
                                QVBoxLayout, QWidget)
 
 from xrayviewer import APP_NAME, DISCLAIMER
@@ -31,6 +31,15 @@ from xrayviewer.ui.workers import Worker, start_worker
 
 MAX_RECENT = 8
 MENU_NAMES = ("File", "View", "Model", "Tools", "Help")
+
+
+def _show_choice(group: QActionGroup, box: QComboBox, value: str) -> None:
+    """Show `value` as chosen in the menu's action group and in the combo box, without either re-emitting."""
+    for act in group.actions():
+        act.setChecked(act.data() == value)
+    box.blockSignals(True)
+    box.setCurrentIndex(box.findData(value))
+    box.blockSignals(False)
 
 
 class MainWindow(QMainWindow):
@@ -469,12 +478,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------------------------ heatmap options
     def _set_method(self, method: str) -> None:
-        for act in self.method_group.actions():
-            act.setChecked(act.data() == method)
-        hc = self.heatmap_controls.method
-        hc.blockSignals(True)
-        hc.setCurrentIndex(hc.findData(method))
-        hc.blockSignals(False)
+        _show_choice(self.method_group, self.heatmap_controls.method, method)
         if method != self.session.method:
             self.session.set_method(method)
         self.settings.setValue("view/method", method)
@@ -488,12 +492,7 @@ class MainWindow(QMainWindow):
 
     def _set_colormap(self, name: str) -> None:
         self.viewer.set_colormap(name)
-        for act in self.colormap_group.actions():
-            act.setChecked(act.data() == name)
-        box = self.heatmap_controls.colormap
-        box.blockSignals(True)
-        box.setCurrentIndex(box.findData(name))
-        box.blockSignals(False)
+        _show_choice(self.colormap_group, self.heatmap_controls.colormap, name)
         self.folder_panel.list.setFocus()
 
     def _set_overlay(self, on: bool) -> None:
