@@ -328,6 +328,18 @@ def test_file_sha256_of_a_missing_file_is_a_file_access_error(tmp_path):
 
     with pytest.raises(FileAccessError):
         file_sha256(tmp_path / "missing.png")
+    with pytest.raises(FileAccessError):
+        file_sha256(tmp_path / "missing.png", memo=False)
+
+
+def test_file_sha256_without_memo_sees_a_change_that_kept_size_and_mtime(tmp_path):
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"abc")
+    stat = path.stat()
+    assert file_sha256(path) == hashlib.sha256(b"abc").hexdigest()
+    path.write_bytes(b"abd")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # `cp -p`, bit rot: the memo cannot tell
+    assert file_sha256(path, memo=False) == hashlib.sha256(b"abd").hexdigest()
 
 
 def test_dicom_sigmoid_voi_function(tmp_path):

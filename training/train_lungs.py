@@ -154,7 +154,7 @@ def write_bundle(dest: Path, model, meta: dict, card: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lungs-", dir=dest.parent))
     model.save_weights(str(tmp / WEIGHTS_FILE))
-    meta["weights"] = {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE)}
+    meta["weights"] = {"file": WEIGHTS_FILE, "sha256": file_sha256(tmp / WEIGHTS_FILE, memo=False)}
     (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     for f in tmp.iterdir():

@@ -17,11 +17,14 @@ _memo: OrderedDict[tuple[str, int, int], str] = OrderedDict()
 _memo_lock = threading.Lock()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike, *, memo: bool = True) -> str:
     """Hex sha256 of a file's bytes, memoised by (resolved path, size, mtime_ns): an edited file is re-hashed.
 
-    Raises FileAccessError when the file cannot be read.
+    memo=False reads the bytes every time: integrity checks (bundle and lung weights), which must also catch a change
+    that kept size and mtime (`cp -p`, bit rot), and files just written. Raises FileAccessError when unreadable.
     """
+    if not memo:
+        return _hash_bytes(Path(path))
     try:
         resolved = Path(path).resolve()
         info = resolved.stat()

@@ -187,7 +187,7 @@ def _check_file(path: Path, name: str, expected: Any, what: str) -> None:
     if not isinstance(expected, str):
         raise _refuse(path, f"{MODEL_JSON} records no sha256 for the {what} {name}")
     try:
-        actual = file_sha256(file)
+        actual = file_sha256(file, memo=False)
     except FileAccessError as err:
         raise _refuse(path, f"the {what} {name} cannot be read ({err})") from err
     if actual != expected:
@@ -379,11 +379,11 @@ def save_bundle(dest: str | os.PathLike, meta: Mapping[str, Any], model, *, head
     aside: Path | None = None
     try:
         weights_file, scope = _write_weights(model, tmp, head_only)
-        full["weights"] = {"file": weights_file, "sha256": file_sha256(tmp / weights_file), "scope": scope}
+        full["weights"] = {"file": weights_file, "sha256": file_sha256(tmp / weights_file, memo=False), "scope": scope}
         for name, source in (extra_files or {}).items():
             _write_extra(tmp, name, source)
         if full.get("ood") and isinstance(full["ood"], dict) and (tmp / str(full["ood"].get("file"))).is_file():
-            full["ood"]["sha256"] = file_sha256(tmp / full["ood"]["file"])
+            full["ood"]["sha256"] = file_sha256(tmp / full["ood"]["file"], memo=False)
         (tmp / MODEL_JSON).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         for file in tmp.rglob("*"):
             if file.is_file():

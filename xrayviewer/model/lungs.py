@@ -182,7 +182,7 @@ def read_lung_meta(path: str | Path) -> dict[str, Any]:
     if not weights.is_file():
         raise LungModelError(f"lung model weights {weights} are missing.")
     try:
-        actual = file_sha256(weights)
+        actual = file_sha256(weights, memo=False)
     except FileAccessError as err:
         raise LungModelError(f"lung model weights {weights} cannot be read ({err}).") from None
     if actual != expected:

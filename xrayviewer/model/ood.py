@@ -119,9 +119,9 @@ class OODStats:
             np.savez(f, mean=self.mean.astype(np.float32), precision=self.precision.astype(np.float32),
                      distance_threshold=np.float64(self.distance_threshold), quantile=np.float64(self.quantile),
                      n_train=np.int64(self.n_train), method=np.array(self.method))
-        return {"method": self.method, "file": path.name, "sha256": file_sha256(path), "threshold": float(self.threshold),
-                "distance_threshold": float(self.distance_threshold), "quantile": float(self.quantile),
-                "n_train": int(self.n_train)}
+        return {"method": self.method, "file": path.name, "sha256": file_sha256(path, memo=False),
+                "threshold": float(self.threshold), "distance_threshold": float(self.distance_threshold),
+                "quantile": float(self.quantile), "n_train": int(self.n_train)}
 
     @classmethod
     def load(cls, folder: str | os.PathLike, meta: dict[str, Any] | None = None) -> "OODStats":
