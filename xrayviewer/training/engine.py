@@ -6,7 +6,8 @@
 
 Steps: check the dataset -> patient-disjoint stratified split -> pooled base features (cached, K augmented variants
 per training image) -> train the head on the features (Keras, early stopping on validation loss) -> temperature
-scaling on the validation logits -> metrics on the validation split -> OOD statistics -> the full flat classifier.
+scaling on the validation logits -> metrics on the validation split -> OOD statistics (none, logged, for fewer than
+10 training images) -> the full flat classifier.
 
 Progress events are dicts: {"kind": "stage", "text"}, {"kind": "log", "text"}, {"kind": "features", "done",
 "total"}, {"kind": "batch", "epoch", "batch", "batches", "loss", "acc"}, {"kind": "epoch", "epoch", "epochs", "loss",
