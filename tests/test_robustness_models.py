@@ -167,9 +167,6 @@ def test_truncated_real_keras_file_is_refused(tmp_path):
     assert "damaged" in str(info.value) or "not a usable" in str(info.value)
 
 
-@pytest.mark.xfail(strict=False, reason="when bundle validation hashes through imaging.file_sha256, whose memo is keyed by "
-                   "(path, size, mtime), a same-size change with the old mtime is vouched for within a session; "
-                   "bundle checks should hash the bytes (model core, xrayviewer/model/bundle.py)")
 def test_weights_changed_in_place_with_the_same_size_and_time_are_refused(damaged):
     """A bundle loaded once, then its weights altered on disk keeping size and mtime (a restore with `cp -p`, bit
     rot): loading it again in the same session must still see the change — hash memos must not vouch for it."""
