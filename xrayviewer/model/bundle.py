@@ -195,11 +195,46 @@ def _check_file(path: Path, name: str, expected: Any, what: str) -> None:
                             f"{MODEL_JSON})")
 
 
+def _recover_interrupted_save(dest: Path) -> None:
+    """Undo what a save killed mid-swap left beside `dest` (see save_bundle), so the bundle does not vanish from view.
+
+    Killed between its two renames, a save leaves the old bundle only in a hidden `.NAME.old-*` folder and the new
+    one in `.NAME.tmp-*`: when `dest` is missing and exactly one such old folder exists, it is renamed back and the
+    orphaned temp folders are removed. Killed after the swap, it leaves the old folder next to the new bundle: that
+    one is deleted. Best effort: a folder we cannot change is left as it is (loading then says what is missing).
+    """
+    parent = dest.parent
+    try:
+        asides = sorted(p for p in parent.glob(f".{dest.name}.old-*") if p.is_dir())
+    except OSError:
+        return
+    try:
+        if (dest / MODEL_JSON).is_file():
+            for aside in asides:
+                if any(aside.iterdir()):   # an empty one may be a running save's reserved name
+                    shutil.rmtree(aside, ignore_errors=True)
+        elif not dest.exists() and len(asides) == 1 and (asides[0] / MODEL_JSON).is_file():
+            os.rename(asides[0], dest)
+            for tmp in parent.glob(f".{dest.name}.tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _interrupted_save_targets(directory: Path) -> set[str]:
+    """Names of bundles in `directory` that a killed save may have left only as a hidden `.NAME.old-*` folder."""
+    try:
+        return {p.name[1:].rpartition(".old-")[0] for p in directory.glob(".*.old-*") if p.is_dir()}
+    except OSError:
+        return set()
+
+
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read and validate a bundle folder (or its model.json). Raises BundleError with a readable reason."""
     path = Path(path)
     if path.name == MODEL_JSON and path.is_file():
         path = path.parent
+    _recover_interrupted_save(path)
     if not path.exists():
         raise BundleError(f"no model at {path}: the folder does not exist")
     if not path.is_dir():
@@ -221,12 +256,14 @@ def scan_bundles(directory: str | os.PathLike) -> list[tuple[Path, ModelBundle |
     """Every sub-folder of `directory` that looks like a bundle, with the loaded bundle or the reason it is refused.
 
     For the models manager: broken bundles are listed with their error instead of disappearing. Hidden folders
-    (half-written temp folders of an interrupted save) are skipped.
+    (half-written temp folders of an interrupted save) are skipped; a bundle a killed save left aside is put back.
     """
     directory = Path(directory)
     found: list[tuple[Path, ModelBundle | None, BundleError | None]] = []
     if not directory.is_dir():
         return found
+    for name in _interrupted_save_targets(directory):
+        _recover_interrupted_save(directory / name)
     candidates = [directory] if (directory / MODEL_JSON).exists() else sorted(
         p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MODEL_JSON).exists())
     for candidate in candidates:
@@ -359,13 +396,15 @@ def save_bundle(dest: str | os.PathLike, meta: Mapping[str, Any], model, *, head
 
     Everything is written into a hidden temp folder beside `dest`, fsynced, then renamed into place. An existing
     bundle is first renamed aside and deleted only after the new one is in place, so an interruption leaves the old
-    bundle or the new one, never a mix. `extra_files` maps a name inside the bundle to a source file or to bytes
+    bundle or the new one, never a mix (a kill between the two renames is undone by the next load, scan or save).
+    `extra_files` maps a name inside the bundle to a source file or to bytes
     (e.g. {"ood.npz": path, "MODEL_CARD.md": b"..."}). Fills in weights, base sha256, created, app_version and
     format_version; meta["ood"]["sha256"] is filled when its file is among `extra_files`.
     """
     from xrayviewer.model.backbone import base_weights_sha256
 
     dest = Path(dest).absolute()
+    _recover_interrupted_save(dest)
     # Replacing means deleting the old folder: only ever do that to a bundle (or an empty folder).
     if dest.exists() and not (dest.is_dir() and ((dest / MODEL_JSON).is_file() or not any(dest.iterdir()))):
         raise BundleError(f"{dest} exists and is not a model bundle; choose another folder")
