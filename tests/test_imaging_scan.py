@@ -235,7 +235,7 @@ def test_one_patient_per_file_without_a_pattern(tmp_path):
 def test_default_patient_pattern(name, patient):
     import re
 
-    found, _source, origin = scan._patient_from_name(Path(name), re.compile(scan.DEFAULT_PATIENT_PATTERN, re.I))
+    found, _source, origin = scan.patient_id_from_name(Path(name), re.compile(scan.DEFAULT_PATIENT_PATTERN, re.I))
     assert (found, origin) == (patient, "pattern")
 
 

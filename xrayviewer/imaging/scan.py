@@ -262,7 +262,7 @@ def _read_problem(path: Path, verify: bool) -> str | None:
 
 def _assign_patients(dataset: Dataset, readable: list[tuple[Path, str]], patient_pattern: str | None) -> None:
     manifest = _read_manifest(dataset)
-    regex = _compile_pattern(dataset, patient_pattern)
+    regex = compile_patient_pattern(dataset, patient_pattern)
     origins = Counter()
     relabelled = []
     for path, label in readable:
@@ -272,7 +272,7 @@ def _assign_patients(dataset: Dataset, readable: list[tuple[Path, str]], patient
         if row is not None and row.get("patient_id"):
             patient, source, origin = row["patient_id"], row.get("source") or None, "manifest"
         else:
-            patient, source, origin = _patient_from_name(path, regex)
+            patient, source, origin = patient_id_from_name(path, regex)
         origins[origin] += 1
         dataset.items.append(DatasetItem(path, label, patient, source))
     dataset.patient_id_origin = _overall_origin(origins)
@@ -286,7 +286,8 @@ def _assign_patients(dataset: Dataset, readable: list[tuple[Path, str]], patient
                        "the folder is used", tuple(relabelled)))
 
 
-def _compile_pattern(dataset: Dataset, patient_pattern: str | None) -> re.Pattern | None:
+def compile_patient_pattern(dataset: Dataset, patient_pattern: str | None) -> re.Pattern | None:
+    """The patient-id pattern compiled case-insensitively, or None (an invalid one is reported in dataset.problems)."""
     if not patient_pattern:
         return None
     try:
@@ -320,7 +321,7 @@ def _relative_key(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _patient_from_name(path: Path, regex: re.Pattern | None) -> tuple[str, str | None, str]:
+def patient_id_from_name(path: Path, regex: re.Pattern | None) -> tuple[str, str | None, str]:
     """(patient id, source or None, origin) from the file name; one patient per file when nothing matches."""
     stem = path.stem if path.suffix.lower() in IMAGE_EXTENSIONS else path.name
     found = regex.match(stem) if regex else None

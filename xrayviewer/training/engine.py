@@ -29,7 +29,7 @@ import numpy as np
 
 # The scanner's patient-id rule (compiled case-insensitively, matched at the start of the name without extension,
 # the whole match is the id): one implementation, so the dataset check and the split group patients alike.
-from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN, Dataset, _compile_pattern, _patient_from_name
+from xrayviewer.imaging.scan import DEFAULT_PATIENT_PATTERN, Dataset, compile_patient_pattern, patient_id_from_name
 from xrayviewer.model.architecture import DEFAULT_HEAD
 from xrayviewer.model.backbone import DEFAULT_BASE_ID
 from xrayviewer.training.features import Augmentation, ExtractionCancelled, FeatureExtractor, FeatureSource
@@ -104,7 +104,7 @@ def patient_groups(dataset, config: TrainingConfig) -> tuple[list[str], str]:
         regex = _patient_regex(config.patient_pattern)
         groups = []
         for item in items:
-            patient, _source, found_by = _patient_from_name(Path(item.path), regex)
+            patient, _source, found_by = patient_id_from_name(Path(item.path), regex)
             groups.append(f"pattern:{patient}" if found_by == "pattern" else f"file:{item.path}")
         return groups, "pattern"
     return [f"{origin}:{item.patient_id}" if item.patient_id else f"file:{item.path}" for item in items], origin
@@ -114,7 +114,7 @@ def _patient_regex(pattern: str | None):
     """The patient-id pattern compiled as discover_dataset compiles it; TrainingError with the scanner's message
     when it is not a valid regular expression."""
     probe = Dataset(root=Path("."))
-    regex = _compile_pattern(probe, pattern or DEFAULT_PATIENT_PATTERN)
+    regex = compile_patient_pattern(probe, pattern or DEFAULT_PATIENT_PATTERN)
     if regex is None:
         raise TrainingError(probe.problems[0].message)
     return regex
