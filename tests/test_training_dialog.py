@@ -449,6 +449,40 @@ def test_real_training_on_real_radiographs_beside_the_shipped_model(qtbot, share
 
 # ---------------------------------------------------------------- install into a window
 
+def test_a_second_save_right_after_the_first_is_answered_not_ignored(qtbot, tmp_path, monkeypatch):
+    """Save is re-enabled when the outcome reaches the GUI; the pool thread finishes a moment later. A click in that
+    moment must be answered (here: the name is taken), not silently dropped because the worker is not done yet."""
+    from xrayviewer.ui.workers import Worker
+
+    monkeypatch.setenv("XRAYVIEWER_DATA_DIR", str(tmp_path / "data"))
+
+    class QuickResult:
+        def save(self, dest: Path, name: str) -> Path:
+            dest.mkdir()
+            (dest / "model.json").write_text("{}")
+            return dest
+
+    real_release = Worker.release_payload
+
+    def slow_release(self):
+        time.sleep(0.5)   # widen the gap between the outcome signal and the worker marking itself done
+        real_release(self)
+
+    monkeypatch.setattr(Worker, "release_payload", slow_release)
+    dialog = TrainingDialog(None)
+    qtbot.addWidget(dialog)
+    dialog.result = QuickResult()
+    page = dialog.results_page
+    page.name_edit.setText("Quick")
+    page.save_button.setEnabled(True)
+    page.save_button.click()
+    qtbot.waitUntil(lambda: dialog.saved_path is not None, timeout=10_000)
+    assert page.save_button.isEnabled()
+    page.save_button.click()
+    assert "already exists" in page.save_status.text()
+    _wait_idle(qtbot)
+
+
 def test_install_adds_train_and_models_actions(qtbot, monkeypatch):
     window = FakeWindow()
     qtbot.addWidget(window)

@@ -1061,7 +1061,7 @@ class TrainingDialog(QDialog):
 
         self.train_worker: Worker | None = None
         self.report_worker: Worker | None = None
-        self.save_worker: Worker | None = None
+        self.save_worker: Worker | None = None    # the save in progress; None once its outcome reached this thread
         self.result: Any = None
         self.saved_path: Path | None = None
         self._close_when_stopped = False
@@ -1189,7 +1189,9 @@ class TrainingDialog(QDialog):
         self.results_page.save_button.setEnabled(self.result is not None)
 
     def save(self) -> None:
-        if self.result is None or (self.save_worker is not None and not self.save_worker.done.is_set()):
+        # "Saving" ends when the outcome arrives here (the same moment Save is re-enabled), not when the pool thread
+        # finishes a moment later: a quick second click must not be ignored.
+        if self.result is None or self.save_worker is not None:
             return
         from xrayviewer.paths import user_models_dir
 
@@ -1210,12 +1212,14 @@ class TrainingDialog(QDialog):
         start_worker(self.save_worker)
 
     def _on_saved(self, path: Path) -> None:
+        self.save_worker = None
         self.saved_path = Path(path)
         self.results_page.save_status.setText(f"Saved “{self.results_page.name_edit.text().strip()}” to {path}")
         self.results_page.use_button.setEnabled(hasattr(self.window_, "use_model"))
         self.results_page.save_button.setEnabled(True)   # another copy under another name is fine; same name is not
 
     def _on_save_error(self, exc: BaseException) -> None:
+        self.save_worker = None
         self.results_page.save_status.setText(f"Not saved: {exc}")
         self.results_page.save_button.setEnabled(True)
 
