@@ -147,6 +147,63 @@ def test_missing_dicom_decoder_is_named(tmp_path, monkeypatch):
     assert "JPEG 2000" in str(caught.value)
 
 
+def _mutated_dicom(path, change) -> object:
+    """A valid 64×48 16-bit DICOM whose header `change(ds)` makes inconsistent, written as a broken writer would."""
+    from badinputs import dicom_dataset
+
+    ds = dicom_dataset((np.arange(64 * 48, dtype=np.uint16) % 4096).reshape(64, 48), BitsStored=12)
+    change(ds)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _text(**values: str):
+    """Put text where numbers belong (VR LO), as a broken writer does."""
+    from pydicom.dataelem import DataElement
+    from pydicom.datadict import tag_for_keyword
+
+    def change(ds):
+        for keyword, value in values.items():
+            ds[tag_for_keyword(keyword)] = DataElement(tag_for_keyword(keyword), "LO", value)
+    return change
+
+
+@pytest.mark.parametrize("name, change, words", [
+    ("rows doubled", lambda ds: setattr(ds, "Rows", 128),
+     ["header does not match its pixel data", "128 rows × 48 columns × 16 bits = 12288 bytes, file has 6144"]),
+    ("two samples per pixel", lambda ds: setattr(ds, "SamplesPerPixel", 2), ["Samples per Pixel"]),
+    ("photometric garbage", lambda ds: setattr(ds, "PhotometricInterpretation", "GARBAGE"), ["GARBAGE"]),
+    ("rescale slope empty text", _text(RescaleSlope="", RescaleIntercept="0"),
+     ["could not be decoded", "not a number"]),
+    ("rescale intercept list", lambda ds: ds.update({"RescaleSlope": 1, "RescaleIntercept": [1, 2, 3]}),
+     ["could not be decoded", "several values"]),
+    ("frames not a number", _text(NumberOfFrames="x"), ["whole number", "'x'"]),
+])
+def test_dicom_header_that_does_not_fit_its_pixels_is_a_dicom_error_in_words(tmp_path, name, change, words):
+    """Header fields rewritten so they no longer fit the pixel data (what the DICOM fuzz run meets): a DicomError
+    that says what does not fit, never a numpy or pydicom exception name."""
+    import re
+
+    from xrayviewer.imaging import DicomError
+
+    with pytest.raises(DicomError) as caught:
+        read_radiograph(_mutated_dicom(tmp_path / "mutated.dcm", change))
+    message = str(caught.value)
+    assert not re.search(r"[A-Z]\w*(Error|Exception)\b", message), message
+    for word in words:
+        assert word in message, message
+
+
+def test_truncated_dicom_is_still_called_truncated(tmp_path):
+    """The file ends inside the pixel data: truncated, not a header mismatch."""
+    from xrayviewer.imaging import TruncatedImageError
+
+    path = _mutated_dicom(tmp_path / "full.dcm", lambda ds: None)
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(TruncatedImageError, match="truncated"):
+        read_radiograph(path)
+
+
 def test_importing_imaging_loads_no_qt_tensorflow_or_matplotlib():
     import subprocess
     import sys

@@ -7,6 +7,7 @@ Order of the pixel pipeline (PS3.3 C.11): stored values -> Modality LUT (or Resc
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -40,7 +41,7 @@ def read_dicom(fileobj: BinaryIO, max_pixels: int) -> tuple[np.ndarray, dict[str
     except RadiographError:
         raise
     except Exception as err:  # pydicom parses elements lazily: a damaged one fails only when first used
-        raise DicomError(f"DICOM header is damaged ({type(err).__name__}: {err})") from err
+        raise DicomError(f"DICOM header is damaged: {_reason(err)}") from err
 
 
 def _read_dataset(ds: Dataset, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -56,7 +57,14 @@ def _read_dataset(ds: Dataset, max_pixels: int) -> tuple[np.ndarray, dict[str, A
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         meta["notes"].append(f"multi-frame DICOM: first of {frames} frames shown")
-    return _stored_to_display(_decode_first_frame(ds), ds, meta), meta
+    stored = _decode_first_frame(ds)
+    try:
+        return _stored_to_display(stored, ds, meta), meta
+    except RadiographError:
+        raise
+    except (TypeError, ValueError, ArithmeticError, AttributeError, IndexError, KeyError) as err:
+        # rescale / LUT / window values that are text, lists or the wrong size fail inside numpy
+        raise DicomError(f"DICOM pixel data could not be decoded: {_reason(err)}") from err
 
 
 def _stored_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]) -> np.ndarray:
@@ -107,7 +115,7 @@ def _parse(fileobj: BinaryIO) -> Dataset:
     except EOFError as err:
         raise TruncatedImageError("DICOM file is truncated: it ends in the middle of its header") from err
     except Exception as err:  # pydicom raises assorted errors on garbage headers
-        raise DicomError(f"DICOM header is damaged ({type(err).__name__}: {err})") from err
+        raise DicomError(f"DICOM header is damaged: {_reason(err)}") from err
 
 
 def _no_pixel_data_message(ds: Dataset) -> str:
@@ -158,14 +166,81 @@ def _decode_first_frame(ds: Dataset) -> np.ndarray:
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
         raise DicomError(f"cannot decode this DICOM's '{syntax.name}' compression: install a decoder ({needs})")
+    cut_short = _file_ends_inside_pixel_data(ds)
     try:
         return pixel_array(ds, index=0)
     except (ValueError, EOFError) as err:
-        if "less than" in str(err) or "truncat" in str(err).lower() or isinstance(err, EOFError):
+        sizes = None if syntax.is_compressed else _pixel_data_sizes(ds)
+        shorter = "less than" in str(err) or "truncat" in str(err).lower() or isinstance(err, EOFError)
+        if shorter and not cut_short and sizes is not None and sizes[1] < sizes[0]:
+            # the pixel data is all there, as long as its own length says: the header describes a bigger image
+            raise DicomError(f"DICOM header does not match its pixel data ({_size_text(ds, sizes)})") from err
+        if shorter:
             raise TruncatedImageError("DICOM is truncated: its pixel data is shorter than the header says") from err
-        raise DicomError(f"DICOM pixel data cannot be decoded ({err})") from err
+        if sizes is not None and "larger than expected" in str(err):
+            raise DicomError(f"DICOM header does not match its pixel data ({_size_text(ds, sizes)})") from err
+        raise DicomError(f"DICOM pixel data could not be decoded: {_reason(err)}") from err
     except Exception as err:
-        raise DicomError(f"DICOM pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+        raise DicomError(f"DICOM pixel data could not be decoded: {_reason(err)}") from err
+
+
+def _file_ends_inside_pixel_data(ds: Dataset) -> bool:
+    """True when the file stops before the end PixelData declares (a cut-off copy), or when that cannot be told."""
+    try:
+        raw = ds.get_item("PixelData")
+        length = getattr(raw, "length", None)
+        if length is None or length == 0xFFFFFFFF:   # already decoded, or encapsulated (undefined length)
+            return True
+        return raw.value is None or len(raw.value) < length
+    except Exception:  # noqa: BLE001 - unknown: keep calling it truncated, as before
+        return True
+
+
+def _pixel_data_sizes(ds: Dataset) -> tuple[int, int] | None:
+    """(bytes the header describes for all frames, bytes the file holds) of uncompressed PixelData, or None when
+    the header values are not plain sizes (pydicom's own validation then names the bad one)."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        actual = len(ds.PixelData)
+    except Exception:  # noqa: BLE001 - any unreadable value: leave the judgement to pydicom
+        return None
+    if min(rows, cols, samples, bits, frames) < 1 or not (bits == 1 or bits % 8 == 0):
+        return None
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422" and samples == 3:
+        expected = expected * 2 // 3   # 4:2:2 subsampled: two samples per pixel on disk
+    return expected, actual
+
+
+def _size_text(ds: Dataset, sizes: tuple[int, int]) -> str:
+    expected, actual = sizes
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    parts = [f"{int(ds.Rows)} rows", f"{int(ds.Columns)} columns"]
+    parts += [f"{samples} samples"] if samples != 1 else []
+    parts += [f"{frames} frames"] if frames != 1 else []
+    return f"{' × '.join(parts)} × {int(ds.BitsAllocated)} bits = {expected} bytes, file has {actual}"
+
+
+def _reason(err: BaseException) -> str:
+    """A short reason a person can act on, from what pydicom or numpy raised (never an exception class name)."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, TypeError) and ("ufunc" in text or "dtype" in text or "operand" in text):
+        return "a rescale, window or LUT value in the header is missing or not a number"
+    if "could not be broadcast" in text:
+        return "the header gives several values where one is expected (rescale slope or intercept, window or LUT)"
+    number = re.match(r"invalid literal for int\(\) with base \d+: (.*)", text)
+    if number:
+        return f"a header field that must be a whole number holds {number.group(1)}"
+    if text.startswith("Missing required element: "):
+        return f"the header lacks the required {text.removeprefix('Missing required element: ')}"
+    if "Palette Color Lookup Table" in text:
+        return "a PALETTE COLOR image without its palette (colour lookup tables)"
+    if "color space conversion" in text:
+        return "its photometric interpretation does not fit its bit depth"
+    return text[:200] or "the data does not fit the header"
 
 
 def _monochrome_to_display(stored: np.ndarray, ds: Dataset, meta: dict[str, Any]) -> np.ndarray:
