@@ -62,11 +62,17 @@ class Explained:
 class Caches:
     """Content-keyed caches shared by all workers (bounded; thread-safe)."""
 
+    # Budgets sum to ~210 MB: browsing a big folder must not grow the process by more than ~300 MB (issue 8), and
+    # the allocator keeps some of what evicted entries freed. Prefetch needs the current image and its two
+    # neighbours, plus a few to step back to (a 2048² radiograph is ~28 MB decoded: float pixels, 12-bit levels,
+    # 8-bit display). A heatmap is at most 4 MB (float32 at DISPLAY_MAX_SIDE, kept float32 for the 16-bit heatmap
+    # export) and Grad-CAM is recomputed from the cached analysis in milliseconds. An analysis is a few KB
+    # (probabilities, conv-grid cams, pooled features), so 24 MB still holds a couple of thousand.
     def __init__(self):
-        self.images = LRUCache(max_bytes=600 << 20, max_items=12)       # path -> LoadedImage
-        self.analyses = LRUCache(max_bytes=200 << 20, max_items=5000)   # (sha, model) -> Analysis
-        self.heatmaps = LRUCache(max_bytes=300 << 20, max_items=400)    # (sha, model, method, class) -> heatmap
-        self.lungs = LRUCache(max_bytes=100 << 20, max_items=200)       # (sha, shape) -> (mask, outline)
+        self.images = LRUCache(max_bytes=120 << 20, max_items=6)        # path -> LoadedImage
+        self.analyses = LRUCache(max_bytes=24 << 20, max_items=5000)    # (sha, model) -> Analysis
+        self.heatmaps = LRUCache(max_bytes=48 << 20, max_items=64)      # (sha, model, method, class) -> heatmap
+        self.lungs = LRUCache(max_bytes=16 << 20, max_items=64)         # (sha, shape) -> (mask, outline)
 
 
 def display_shape(shape: tuple[int, int]) -> tuple[int, int]:
