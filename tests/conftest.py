@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import csv
+import gc
 import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from xrayviewer.paths import shared_data_dir  # noqa: E402
+
+
+def _serialize_ast_parse() -> None:
+    """CPython 3.11 before 3.11.8 keeps the AST constructor's recursion depth in interpreter-wide state
+    (CPython gh-106905). A garbage collection inside one thread's ast.parse runs finalizers (Python code), the GIL
+    can pass to another thread that parses too, and the first parse fails with "SystemError: AST constructor
+    recursion depth mismatch". On 3.11 every traceback formatted in a worker parses (for its ^^^ carets), and
+    pytest parses the test's source to report a failure while that test's workers still run: the race turned a
+    failing test into an INTERNALERROR that ended the whole session. One parse at a time, with collection held
+    off until it returns, closes it; nothing is caught or retried."""
+    if sys.version_info[:2] != (3, 11) or sys.version_info >= (3, 11, 8):
+        return
+    parse, lock = ast.parse, threading.RLock()
+
+    def serialized_parse(*args, **kwargs):
+        with lock:
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                return parse(*args, **kwargs)
+            finally:
+                if collecting:
+                    gc.enable()
+
+    ast.parse = serialized_parse
+
+
+_serialize_ast_parse()
 
 SHARED = shared_data_dir()
 SKIP_SHARED = "../shared/data is absent: the real radiographs are not here (the synthetic twin of this test runs instead)"
