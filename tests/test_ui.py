@@ -105,7 +105,8 @@ def test_window_appears_before_sklearn_and_scipy_are_imported(tmp_path):
             "from xrayviewer.ui.main_window import MainWindow; w=MainWindow(); w.show(); app.processEvents();"
             "seen=[];"   # after one pass of the event loop (the first paint): what is imported, is the window up
             "QTimer.singleShot(0, lambda: (seen.extend([*(m in sys.modules for m in ('sklearn', 'scipy')),"
-            " w.isVisible()]), app.quit())); app.exec(); print(*seen)")
+            " w.isVisible()]), app.quit())); app.exec(); print(*seen, flush=True);"
+            "os._exit(0)")  # don't wait for the model-loading worker (TensorFlow import) to finish
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-3:] == ["False", "False", "True"]
