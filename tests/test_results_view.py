@@ -19,6 +19,7 @@ from xrayviewer.model.classifier import Analysis
 from xrayviewer.reports.heatmap_export import read_heatmap_png16
 from xrayviewer.results import read_results_csv, write_results_csv
 from xrayviewer.ui.results_view import ResultsController, install
+from xrayviewer.ui.workers import cancel_all_and_wait
 
 CLASSES = ["covid", "normal", "pneumonia"]
 CENTERS = np.array([1 / 6, 1 / 2, 5 / 6])   # fake model: mean brightness decides the class
@@ -147,7 +148,10 @@ def window(qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))  # the threshold setting stays here
     win = FakeWindow(FakeClassifier())
     qtbot.addWidget(win)
-    return win
+    yield win
+    # the stand-in has no shutdown: a worker still running (an export that already reported) must not run on into
+    # the next test
+    cancel_all_and_wait()
 
 
 @pytest.fixture
