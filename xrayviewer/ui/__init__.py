@@ -19,20 +19,4 @@ def _guard_singletons_against_pyside_refcount_bug() -> None:
         ctypes.c_ssize_t.from_address(id(singleton)).value += 1 << 40
 
 
-def _skip_pyside_feature_scan_on_import() -> None:
-    """PySide6 hooks every import, in every thread, and reads the new module's whole source (inspect.getsource)
-    to learn whether it says `from __feature__ import ...`. Our workers import lazily (PIL's format plugins,
-    matplotlib for the case report, TensorFlow), and that scan running in a worker while the GUI thread was inside
-    PySide crashed the process with a segfault in the GUI thread (faulthandler: worker in
-    shibokensupport/feature.py _mod_uses_pyside -> linecache, GUI thread in an enum call of the event loop).
-    XRayViewer uses no __feature__, so every module is recorded as not using one, without reading its source
-    (the answer PySide gives any module that does not mention it)."""
-    import PySide6.QtCore  # noqa: F401 - installs the import hook and its module
-
-    feature = sys.modules.get("shibokensupport.feature")
-    if feature is not None and hasattr(feature, "_mod_uses_pyside"):
-        feature._mod_uses_pyside = lambda module: False
-
-
 _guard_singletons_against_pyside_refcount_bug()
-_skip_pyside_feature_scan_on_import()
