@@ -142,10 +142,12 @@ class ScreenshotMode(QObject):
 
 def run_app(args) -> int:
     """Open the window (and with args.screenshot, take the screenshot and exit). Returns the exit code."""
+    from xrayviewer.ui.gc_collector import install_gui_thread_collector
     from xrayviewer.ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_app(app)
+    install_gui_thread_collector(app)
     window = MainWindow()
     screenshot = None
     if getattr(args, "screenshot", None):

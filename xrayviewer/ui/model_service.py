@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
+from xrayviewer.ui import gc_collector
 from xrayviewer.ui.jobs import LoadedModel, load_classifier
 from xrayviewer.ui.workers import LatestRequest, Worker
 
@@ -55,7 +56,7 @@ class ModelService(QObject):
         # Building a model creates millions of objects but little garbage: pause the cyclic GC meanwhile, or its
         # full collections (GIL held, 0.5 s+) freeze the GUI while "Loading model…" is shown.
         freeze_long_lived_objects()
-        gc.disable()
+        gc_collector.pause()
         self.loading_path = Path(path)
         worker = Worker(load_classifier, str(path), tag=str(path))
         worker.signals.returned.connect(self._on_loaded)
@@ -82,17 +83,17 @@ class ModelService(QObject):
         if self.loading_path is not None:
             self._slot.cancel()
             self.loading_path = None
-            gc.enable()
+            gc_collector.resume()
 
     def _on_loaded(self, loaded: LoadedModel) -> None:
         if self.loading_path is None or Path(loaded.path) != self.loading_path:
             return  # a newer load request superseded this one
-        gc.enable()
+        gc_collector.resume()
         self.note = loaded.note
         self.set_classifier(loaded.classifier, loaded.segmenter, loaded.path)
 
     def _on_failed(self, exc: BaseException) -> None:
-        gc.enable()
+        gc_collector.resume()
         path = str(self.loading_path or "")
         self.loading_path = None
         self.loadFailed.emit(path, str(exc) or type(exc).__name__)

@@ -1,0 +1,62 @@
+"""Cyclic garbage is collected on the GUI thread only, never by a worker's allocations (a worker freeing Qt objects
+crashed the process). Runs in a fresh process: the collector switches automatic collection off for the process."""
+
+import subprocess
+import sys
+
+CHILD = r"""
+import gc, os, sys, threading, time
+os.environ['QT_QPA_PLATFORM'] = 'offscreen'
+from PySide6.QtCore import QCoreApplication
+from xrayviewer.ui import gc_collector
+
+app = QCoreApplication([])
+gc_collector.install_gui_thread_collector(app)
+assert not gc.isenabled()
+freed_on = []
+
+class Node:
+    def __init__(self):
+        self.me = self                      # a cycle: only the cyclic collector frees it
+    def __del__(self):
+        freed_on.append(threading.current_thread().name)
+
+def make_garbage():
+    for _ in range(5):
+        Node()
+
+def worker_allocates():
+    junk = [[] for _ in range(200_000)]     # far past gen-0's threshold: would trigger a collection here
+    del junk
+
+make_garbage()
+t = threading.Thread(target=worker_allocates, name="worker"); t.start(); t.join()
+assert freed_on == [], freed_on             # the worker's allocations collected nothing
+
+gc_collector.pause()
+deadline = time.monotonic() + 1.2
+while time.monotonic() < deadline:
+    app.processEvents(); time.sleep(0.02)
+assert freed_on == [], "collected while paused"
+gc_collector.resume()
+assert not gc.isenabled()                   # resume does not switch automatic collection back on
+
+deadline = time.monotonic() + 5
+while not freed_on and time.monotonic() < deadline:
+    app.processEvents(); time.sleep(0.02)
+print(sorted(set(freed_on)), len(freed_on))
+"""
+
+
+def test_cyclic_garbage_is_collected_on_the_gui_thread_only():
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "['MainThread'] 5"
+
+
+def test_pause_and_resume_without_a_collector_restore_automatic_collection():
+    code = ("import gc; from xrayviewer.ui import gc_collector as g; g.pause(); g.pause(); a=gc.isenabled(); "
+            "g.resume(); b=gc.isenabled(); g.resume(); print(a, b, gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]
