@@ -8,6 +8,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
+
+class ClassProbabilities:
+    """`predicted_index`, `predicted` and `confidence` from `classes` and `probabilities` (one model output).
+
+    Shared by the classifier's Analysis and the case report's findings.
+    """
+
+    classes: Sequence[str]
+    probabilities: Sequence[float]
+
+    @property
+    def predicted_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def predicted(self) -> str:
+        return self.classes[self.predicted_index]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities[self.predicted_index])
+
 
 @dataclass
 class ResultRow:

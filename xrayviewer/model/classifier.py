@@ -20,12 +20,13 @@ from xrayviewer.imaging.preprocess import to_model_batch, to_model_input
 from xrayviewer.imaging.radiograph import Radiograph
 from xrayviewer.model.bundle import BundleError, ModelBundle, load_bundle
 from xrayviewer.model.explain import METHODS, Explanation, TfKerasVisExplainers, upsample_cam
+from xrayviewer.results import ClassProbabilities
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Analysis:
+class Analysis(ClassProbabilities):
     """Everything one pass gives for one radiograph.
 
     probabilities (C,) calibrated (softmax of logits / temperature); logits (C,); cams (C, h, w) raw Grad-CAM on
@@ -41,18 +42,6 @@ class Analysis:
     original_shape: tuple[int, int]
     ood_score: float | None = None
     ood_flag: bool = False
-
-    @property
-    def predicted_index(self) -> int:
-        return int(np.argmax(self.probabilities))
-
-    @property
-    def predicted(self) -> str:
-        return self.classes[self.predicted_index]
-
-    @property
-    def confidence(self) -> float:
-        return float(self.probabilities[self.predicted_index])
 
     def probability_dict(self) -> dict[str, float]:
         return {c: float(p) for c, p in zip(self.classes, self.probabilities)}

@@ -23,6 +23,7 @@ import numpy as np
 
 from xrayviewer import APP_NAME, DISCLAIMER, __version__
 from xrayviewer.imaging.radiograph import Radiograph
+from xrayviewer.results import ClassProbabilities
 
 A4_PORTRAIT_INCHES = (8.27, 11.69)
 PNG_DPI = 150                       # 1240 x 1754 px: sharp on screen, small on disk
@@ -39,7 +40,7 @@ MODEL_CARD_NAME = "MODEL_CARD.md"
 
 
 @dataclass
-class CaseFindings:
+class CaseFindings(ClassProbabilities):
     """What the model said about one image."""
 
     classes: list[str]
@@ -60,18 +61,6 @@ class CaseFindings:
             raise ValueError(f"{len(self.classes)} classes but {len(self.probabilities)} probabilities")
         if not self.classes:
             raise ValueError("no classes")
-
-    @property
-    def predicted_index(self) -> int:
-        return int(np.argmax(self.probabilities))
-
-    @property
-    def predicted(self) -> str:
-        return self.classes[self.predicted_index]
-
-    @property
-    def confidence(self) -> float:
-        return self.probabilities[self.predicted_index]
 
 
 @dataclass
