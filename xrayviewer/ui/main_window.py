@@ -42,6 +42,12 @@ def _show_choice(group: QActionGroup, box: QComboBox, value: str) -> None:
     box.blockSignals(False)
 
 
+def _version_label(version: object) -> str:
+    """"1" -> "v1", so a bare number after the model's name reads as its version."""
+    text = str(version or "")
+    return f"v{text}" if text and not text.lower().startswith("v") else text
+
+
 class MainWindow(QMainWindow):
     """XRayViewer's window. Extensions (results table, training dialog) use only this API — keep it stable:
 
@@ -559,7 +565,7 @@ class MainWindow(QMainWindow):
         self.heatmap_controls.set_lungs_available(self.model_service.segmenter is not None)
         bundle = getattr(classifier, "bundle", None)
         name = getattr(bundle, "name", "model")
-        version = str(getattr(bundle, "version", ""))
+        version = _version_label(getattr(bundle, "version", ""))
         path = self.model_service.bundle_path
         has_card = bool(path and (Path(path) / "MODEL_CARD.md").is_file())
         self.prediction.set_model(name, version, classes, has_card, self.model_service.note)
@@ -586,7 +592,7 @@ class MainWindow(QMainWindow):
             self.models_menu.addAction("(no models found)").setEnabled(False)
         for bundle in bundles:
             where = "shipped" if Path(bundle.path).parent == SHIPPED_MODELS_DIR.resolve() else "yours"
-            act = self.models_menu.addAction(f"{bundle.name} {bundle.version}  ({where}: {Path(bundle.path).name})")
+            act = self.models_menu.addAction(f"{bundle.name} {_version_label(bundle.version)}  ({where}: {Path(bundle.path).name})")
             act.setCheckable(True)
             act.setChecked(current is not None and Path(bundle.path).resolve() == current)
             group.addAction(act)
