@@ -592,7 +592,8 @@ class MainWindow(QMainWindow):
             self.models_menu.addAction("(no models found)").setEnabled(False)
         for bundle in bundles:
             where = "shipped" if Path(bundle.path).parent == SHIPPED_MODELS_DIR.resolve() else "yours"
-            act = self.models_menu.addAction(f"{bundle.name} {_version_label(bundle.version)}  ({where}: {Path(bundle.path).name})")
+            label = f"{bundle.name} {_version_label(bundle.version)}  ({where}: {Path(bundle.path).name})"
+            act = self.models_menu.addAction(label)
             act.setCheckable(True)
             act.setChecked(current is not None and Path(bundle.path).resolve() == current)
             group.addAction(act)
