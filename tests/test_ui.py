@@ -14,7 +14,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QImage, QKeySequence, QPainter
 from PySide6.QtWidgets import QApplication
 
-from ui_fakes import FakeClassifier, marker_image, synthetic_folder, write_png
+from ui_fakes import FakeClassifier, marker_image, synthetic_folder, wait_shown, write_png
 from xrayviewer import DISCLAIMER
 from xrayviewer.ui.app import configure_app
 from xrayviewer.ui.cache import LRUCache
@@ -48,20 +48,6 @@ def folder(tmp_path) -> Path:
     root = tmp_path / "cases"
     synthetic_folder(root, n_per_class=3)
     return root
-
-
-def wait_shown(qtbot, win, path=None, timeout=10_000):
-    """Until the current (or given) image's prediction and heatmap are on screen."""
-    def shown():
-        ex = win.viewer.explained
-        cur = win.current_path()
-        assert cur is not None and ex is not None and win.viewer.image is not None
-        assert ex.path == str(cur) == win.viewer.image.path
-        if path is not None:
-            assert Path(ex.path) == Path(path).resolve()
-        assert not win.viewer.right.heat_item.pixmap().isNull()
-    qtbot.waitUntil(shown, timeout=timeout)
-    return win.viewer.explained
 
 
 def open_with_fake(qtbot, win, folder, delay=0.0, select=None):

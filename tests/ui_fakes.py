@@ -109,3 +109,16 @@ class FakeSegmenter:
         mask = np.zeros(radiograph.shape, bool)
         mask[:, : radiograph.shape[1] // 2] = True
         return mask
+
+
+def wait_shown(qtbot, win, path=None, timeout=10_000):
+    """Until the current (or given) image's prediction and heatmap are on screen, all of the same file."""
+    def shown():
+        ex, cur = win.viewer.explained, win.current_path()
+        assert cur is not None and ex is not None and win.viewer.image is not None
+        assert ex.path == str(cur) == win.viewer.image.path
+        if path is not None:
+            assert Path(ex.path) == Path(path).resolve()
+        assert not win.viewer.right.heat_item.pixmap().isNull()
+    qtbot.waitUntil(shown, timeout=timeout)
+    return win.viewer.explained
