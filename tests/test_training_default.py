@@ -61,7 +61,7 @@ def test_default_model_reproduces_its_validation_accuracy(bundle, shared_data):
     paths = [root / p for p in split["paths"]]
     assert [file_sha256(p) for p in paths] == split["sha256"]          # the data did not change under the model
     labels = [bundle.classes.index(p.split("/")[0]) for p in split["paths"]]
-    features = FeatureExtractor(bundle.base_id).extract(
+    features = FeatureExtractor(bundle.base_id, input_size=bundle.input_size).extract(
         [FeatureSource(str(p), s) for p, s in zip(paths, split["sha256"])], 1)[:, 0]
     head = build_head_model(features.shape[1], 3, bundle.head)
     head.load_weights(str(bundle.weights_path))
