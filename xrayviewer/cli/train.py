@@ -24,6 +24,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--variants", type=int, default=4, help="augmented feature variants per training image")
     p.add_argument("--no-augmentation", action="store_true", help="train on the images as they are")
     p.add_argument("--class-weights", action="store_true", help="weight classes by inverse frequency")
+    p.add_argument("--finetune-last-block", action="store_true",
+                   help="also fine-tune the base's last conv block (block4 of the default base) at a lower learning "
+                        "rate (--lr x 0.01); slower: the block runs on every training image of every epoch")
     p.add_argument("--name", help="model name shown in the app (default: the --out folder name)")
     return p
 
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainingConfig(base_id=base, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                             val_fraction=args.val_fraction, seed=args.seed, class_weights=args.class_weights,
                             variants=args.variants, augmentation=None if args.no_augmentation else Augmentation(),
-                            name=args.name or out.name)
+                            finetune_last_block=args.finetune_last_block, name=args.name or out.name)
     try:
         result = FineTuneJob(dataset, config).run(progress=_StderrProgress())
     except TrainingError as err:

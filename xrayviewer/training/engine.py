@@ -59,7 +59,7 @@ class TrainingConfig:
     augmentation: Augmentation | None = field(default_factory=Augmentation)   # None: no augmentation
     variants: int = 4                      # feature variants per training image (variant 0 = unaugmented)
     finetune_last_block: bool = False      # also train the base's last conv block (training/finetune.py)
-    block_lr_factor: float = 0.1           # the last block's learning rate = learning_rate x this
+    block_lr_factor: float = 0.01          # the last block's learning rate = learning_rate x this (finetune.py)
     head: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_HEAD))
     weight_decay: float = 0.0              # decoupled weight decay (AdamW) on the head
     input_size: tuple[int, int] = (224, 224)
