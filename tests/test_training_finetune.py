@@ -102,6 +102,9 @@ def test_finetuned_bundle_has_full_weights_and_predicts_the_same_after_load(fine
     assert meta["training"]["hyperparameters"]["block_lr_factor"] == pytest.approx(0.01)
     assert meta["training"]["finetune"]["learning_rates"]["block"] == pytest.approx(1e-5)
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]      # atomic: no temp folder left
+    from xrayviewer.model.bundle import list_bundles
+
+    assert [b.name for b in list_bundles(path.parent)] == ["fine-tuned discs"]   # what the models manager lists
 
     radiographs = [read_radiograph(p) for p in result.validation["paths"]]
     classifier = Classifier.load(load_bundle(path))
