@@ -36,10 +36,10 @@ from xrayviewer.training.features import Augmentation, ExtractionCancelled, Feat
 # backward): 0.17 s an image at 1, 2, 4 or 8 images a call, so small calls cost nothing and keep a cancel quick.
 FINETUNE_MICRO_BATCH = 2
 EVAL_BATCH = 4                     # forward-only calls (validation, pooled features)
-# Measured (224x224, block4 of vgg16-hed-block4, 48 training + 12 validation images, 2 shared cores): 6.1-6.5 s
-# an epoch, i.e. ~13 s per epoch per 100 training images, validation included; up to ~2x that when other
-# processes load the cores. The dialog's time estimate scales it by the number of pixels.
-SECONDS_PER_EPOCH_PER_100 = 13.0
+# Measured (224x224, block4 of vgg16-hed-block4, validation included, 2 shared cores): 48 training + 12 validation
+# images 6.1-6.5 s an epoch at load ~2 (13 s per 100 training images); benchmarks/bench_training.py --quick,
+# 28 + 8 images, 4.3-5.6 s at load 5-7 (15-20 s per 100). The dialog's estimate scales this by the pixels.
+SECONDS_PER_EPOCH_PER_100 = 15.0
 
 Emit = Callable[..., None]
 
@@ -72,6 +72,15 @@ def finetune_supported(base_id: str) -> str:
         return (f"the base '{base_id}' has random weights and no pretrained last block to fine-tune "
                 "(choose a VGG16 base, or train the head only)")
     return ""
+
+
+def last_block_name(base_id: str) -> str:
+    """The name users see for the block fine-tuning trains: 'block4' for the default base (its output layer's
+    prefix: VGG16 layers are named blockN_...)."""
+    from xrayviewer.model.backbone import BASES, available_bases
+
+    spec = available_bases().get(base_id) or BASES[base_id]
+    return spec.output_layer.split("_")[0]
 
 
 def estimated_epoch_seconds(n_train: int, input_size: Sequence[int] = (224, 224)) -> float:

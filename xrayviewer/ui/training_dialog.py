@@ -618,8 +618,7 @@ class SettingsPage(QWidget):
 
     def _update_finetune(self) -> None:
         """The fine-tuning option for the chosen base: available or why not, its cost and its learning rates."""
-        from xrayviewer.model.backbone import available_bases
-        from xrayviewer.training.finetune import SECONDS_PER_EPOCH_PER_100, estimated_epoch_seconds
+        from xrayviewer.training.finetune import SECONDS_PER_EPOCH_PER_100, estimated_epoch_seconds, last_block_name
 
         base_id = self.base.currentData()
         unavailable = _unsupported_reason(base_id=base_id, finetune_last_block=True)
@@ -632,15 +631,15 @@ class SettingsPage(QWidget):
             self.learning_rate.setToolTip("Adam learning rate of the head.")
             return
         box.setEnabled(True)
-        cut = available_bases()[base_id].finetune_cut
-        block = "block" + str(int(cut[len("block")]) + 1) if cut.startswith("block") else "the last block"
+        block = last_block_name(base_id)
         block_lr = self.learning_rate.value() * self.block_lr_factor
         box.setToolTip(f"Also trains {block} (the last conv block of the base) together with the head. Slower: "
                        f"{block} runs forward and backward on every training image in every epoch, about "
                        f"{SECONDS_PER_EPOCH_PER_100:.0f} s per epoch per 100 images on a 2-core machine (the blocks "
                        f"before it still run once per image, cached). It uses a lower learning rate for {block} "
                        f"({self.block_lr_factor:g} × the head's) so its pretrained filters are adjusted, not "
-                       "overwritten. The saved model then carries all its weights (tens of MB instead of about 0.1 MB).")
+                       "overwritten. The saved model then carries all its weights (tens of MB instead of about "
+                       "0.1 MB).")
         if not box.isChecked():
             self.finetune_hint.setText("")
             self.learning_rate.setToolTip("Adam learning rate of the head.")
