@@ -200,7 +200,9 @@ def _train(config, classes, labels, train_idx, val_idx, sources, *, read, emit, 
     copy_head_weights(head, model)
     _, warm_logits = tail_outputs(tail, val_maps, cancel=cancel, fn=forward)
     warm_accuracy = float(np.mean(np.argmax(warm_logits, axis=1) == y_val))
-    emit(kind="log", text=f"head on the frozen block: validation accuracy {warm_accuracy:.3f}")
+    warm_loss = _cross_entropy(warm_logits, y_val)
+    emit(kind="log", text=f"head on the frozen block: validation loss {warm_loss:.4f}, accuracy {warm_accuracy:.3f} "
+                          "(compare the fine-tuned epochs below)")
 
     # -- 4. joint training of the block and the head
     head_lr = float(cfg.learning_rate)
@@ -228,7 +230,7 @@ def _train(config, classes, labels, train_idx, val_idx, sources, *, read, emit, 
             "learning_rates": {"head": head_lr, "block": block_lr}, "block_lr_factor": float(cfg.block_lr_factor),
             "micro_batch": FINETUNE_MICRO_BATCH, "maps_dtype": np.dtype(extractor.dtype).name,
             "variants_per_epoch": "one of the variants per training image, drawn per epoch",
-            "warmup_val_accuracy": warm_accuracy}
+            "warmup_val_accuracy": warm_accuracy, "warmup_val_loss": warm_loss}
     return LastBlockRun(model=model, head_model=head_model, history=history, val_logits=val_logits,
                         train_pooled=pooled_train, timings={"features": round(maps_seconds, 2),
                                                             "head": round(train_seconds, 2)}, info=info)

@@ -24,7 +24,9 @@ from xrayviewer.training.features import EXTRACT_BATCH, FeatureExtractor
 
 MAPS_DTYPE = np.float16
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-_MEMORY_BYTES = 1 << 30                      # in-memory maps of all extractors in the process: 1 GiB at most
+# In-memory maps of all extractors in the process: 256 MiB at most (~650 maps at 224x224). The app process keeps
+# them after a run; the disk cache reads a map back in well under a millisecond, so more would buy little.
+_MEMORY_BYTES = 256 << 20
 _MEMORY: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _MEMORY_LOCK = threading.Lock()
 _memory_used = 0
