@@ -320,8 +320,10 @@ def test_real_training_shows_results_beside_the_active_model_and_saves(qtbot, cl
     _wait_idle(qtbot)
 
 
-def test_finetune_option_explains_itself_and_a_short_finetune_reaches_the_results_page(qtbot, clean_dataset):
+def test_finetune_option_explains_itself_and_a_short_finetune_reaches_the_results_page(qtbot, clean_dataset,
+                                                                                      artifacts_dir):
     dialog = _open(qtbot)
+    dialog.resize(1000, 720)
     _check(qtbot, dialog, clean_dataset)
     s = dialog.settings_page
     box = s.finetune_last_block
@@ -331,6 +333,9 @@ def test_finetune_option_explains_itself_and_a_short_finetune_reaches_the_result
     assert "Learning rates: head 0.001, block4 1.0e-05" in s.finetune_hint.text()
     assert "per epoch for about 10 training images, up to" in s.finetune_hint.text()
     assert "block4 is fine-tuned at 0.01" in s.learning_rate.toolTip()
+    dialog._go(1)
+    qtbot.wait(50)
+    dialog.grab().save(str(artifacts_dir / "training_dialog_finetune_settings.png"))
     s.base.setCurrentIndex(s.base.findData("small-cnn"))       # no pretrained last block: greyed out with the reason
     assert not box.isEnabled() and not box.isChecked() and "random weights" in box.toolTip()
     s.base.setCurrentIndex(s.base.findData("vgg16-hed-block4"))

@@ -590,6 +590,8 @@ class SettingsPage(QWidget):
         self.block_lr_factor = d.block_lr_factor
         self.finetune_hint = QLabel()
         self.finetune_hint.setWordWrap(True)
+        # the full width of the form, like the split's explanation (a wrapped label alone wraps at its hint width)
+        self.finetune_hint.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         finetune_box = QVBoxLayout()
         finetune_box.addWidget(self.finetune_last_block)
         finetune_box.addWidget(self.finetune_hint)
