@@ -10,8 +10,9 @@ from pathlib import Path
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=(
         "Fine-tune a classifier head on DATASET (one sub-folder per class). Base features are computed once and "
-        "cached; the split is patient-disjoint (patient ids from manifest.csv when present). Writes a model bundle "
-        "to --out and prints the validation metrics."))
+        "cached; the split is patient-disjoint (patient ids from manifest.csv when present). With "
+        "--finetune-last-block the base's last conv block is trained too, on cached maps of the blocks before it. "
+        "Writes a model bundle to --out and prints the validation metrics."))
     p.add_argument("dataset", metavar="DATASET", help="folder with one sub-folder of images per class")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the model bundle (a folder)")
     p.add_argument("--epochs", type=int, default=25)
