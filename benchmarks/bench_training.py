@@ -10,6 +10,11 @@ after each epoch). It is too slow to run 25 epochs here, so it runs 2 epochs and
 load images + build model + epoch 1 (includes tracing) + 24 x epoch 2; the output says so.
 Both sides: the same images, the same patient-disjoint split, no augmentation (variants=1), the same head, batch 8,
 validation after every epoch. Not counted on either side: building the final full classifier for saving.
+Fine-tuning the last conv block (the option, training/finetune.py): the same images and split, `--finetune-epochs`
+epochs (3) from an empty maps cache: the seconds per epoch (block4 forward + backward on every training image,
+validation included) next to the head-only epoch, per 100 training images; how long a cancel takes to be honoured
+when it lands mid-batch; and, with --check-float16, the same run on float32 maps (the cache stores float16): the
+largest logit difference and both validation metrics.
 Images: ../shared/data/cxr, one image per patient.
 """
 
@@ -63,6 +68,48 @@ def run_cached(dataset, config, cache_root: Path) -> dict:
             "validation_paths": result.validation["paths"], "y_val": result.validation["y_true"]}
 
 
+def run_finetune(dataset, config, cache_root: Path, dtype=None) -> dict:
+    """One fine-tuning run of the last block from an empty maps cache; per-epoch seconds from the epoch events."""
+    from xrayviewer.training.engine import FineTuneJob
+    from xrayviewer.training.features import Augmentation
+    from xrayviewer.training.maps import MAPS_DTYPE, MapExtractor
+
+    extractor = MapExtractor(config.base_id, augmentation=Augmentation(), cache_root=cache_root,
+                             dtype=dtype or MAPS_DTYPE)
+    events: list[dict] = []
+    result = FineTuneJob(dataset, config, extractor=extractor).run(progress=events.append, cancel=threading.Event())
+    epoch_seconds = [e["seconds"] for e in events if e["kind"] == "epoch"]
+    return {"epoch_seconds": epoch_seconds, "maps_seconds": result.timings["features"],
+            "n_train": result.split["train"]["files"], "val_accuracy": result.metrics["accuracy"],
+            "val_auc": result.metrics["macro_auc"], "logits": np.asarray(result.validation["logits"])}
+
+
+def cancel_latency(dataset, config, cache_root: Path, repeats: int = 3) -> list[float]:
+    """Seconds from setting cancel (from another thread, 0.3 s into a batch) to `run` returning, fine-tuning."""
+    from xrayviewer.training.engine import FineTuneJob
+    from xrayviewer.training.features import Augmentation
+    from xrayviewer.training.maps import MapExtractor
+
+    waits = []
+    for _ in range(repeats):
+        cancel, marks, timers = threading.Event(), {}, []
+
+        def cancel_now(marks=marks, cancel=cancel):
+            marks["set"] = time.perf_counter()
+            cancel.set()
+
+        def progress(event, timers=timers, cancel_now=cancel_now):
+            if event["kind"] == "batch" and event["batch"] == 1 and not timers:
+                timers.append(threading.Timer(0.3, cancel_now))
+                timers[0].start()
+
+        extractor = MapExtractor(config.base_id, augmentation=Augmentation(), cache_root=cache_root)
+        run_config = dataclasses.replace(config, epochs=100)
+        assert FineTuneJob(dataset, run_config, extractor=extractor).run(progress=progress, cancel=cancel) is None
+        waits.append(time.perf_counter() - marks["set"])
+    return waits
+
+
 def run_classic(dataset, config, cached: dict) -> dict:
     """The whole network on every batch: build_classifier, images in memory, model.fit epoch by epoch."""
     import keras
@@ -100,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="12 images per class instead of 100")
     parser.add_argument("--per-class", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--finetune-epochs", type=int, default=3, help="epochs of the last-block fine-tuning run")
+    parser.add_argument("--check-float16", action="store_true",
+                        help="also fine-tune on float32 maps and compare (the cache stores float16)")
     parser.add_argument("--json", metavar="OUT", help="write the figures as JSON (benchmarks/run.py reads it)")
     args = parser.parse_args(argv)
 
@@ -135,6 +185,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speedup ratio (classic / cached, {args.epochs} epochs, cold cache): {ratio:.1f}x  (goal >= 20x; at most "
           f"~{args.epochs}x while the one base pass dominates)", flush=True)
     print(f"speed-up with a warm cache (classic / cached): {ratio_warm:.1f}x", flush=True)
+
+    n_train = cached["split"]["train"]["files"]
+    head_epoch = cached["head_seconds"] / args.epochs
+    ft_config = dataclasses.replace(config, epochs=args.finetune_epochs, finetune_last_block=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        finetune = run_finetune(dataset, ft_config, Path(tmp) / "maps")
+        latency = cancel_latency(dataset, ft_config, Path(tmp) / "maps")
+        float32 = (run_finetune(dataset, ft_config, Path(tmp) / "maps32", dtype=np.float32)
+                   if args.check_float16 else None)
+    ft_epoch = float(np.median(finetune["epoch_seconds"]))
+    print(f"fine-tuning the last block: {ft_epoch:.1f} s per epoch (median of "
+          + ", ".join(f"{s:.1f}" for s in finetune["epoch_seconds"])
+          + f") for {n_train} training images = {100 * ft_epoch / n_train:.1f} s per 100 images; head only "
+          f"{head_epoch:.3f} s per epoch ({100 * head_epoch / n_train:.3f} s per 100); maps of the frozen blocks "
+          f"{finetune['maps_seconds']:.1f} s once; validation accuracy after {args.finetune_epochs} epochs "
+          f"{finetune['val_accuracy']:.3f}, AUC {finetune['val_auc']:.3f}", flush=True)
+    print("fine-tuning, cancel mid-batch honoured after: " + ", ".join(f"{s:.2f} s" for s in latency), flush=True)
+    if float32 is not None:
+        diff = float(np.abs(finetune["logits"] - float32["logits"]).max())
+        print(f"float16 vs float32 maps: largest validation logit difference {diff:.4f}; accuracy "
+              f"{finetune['val_accuracy']:.3f} vs {float32['val_accuracy']:.3f}, AUC {finetune['val_auc']:.3f} vs "
+              f"{float32['val_auc']:.3f}", flush=True)
     if args.json:
         note = f"classic extrapolated from {CLASSIC_EPOCHS_RUN} epochs"
         figures = [
@@ -149,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             {"name": "val accuracy cached", "samples": [cached["val_accuracy"]], "unit": ""},
             {"name": f"val accuracy classic after {CLASSIC_EPOCHS_RUN} epochs",
              "samples": [classic["val_accuracy_after_epochs_run"]], "unit": ""},
+            {"name": "training epoch per 100 images, head only (cached features)",
+             "samples": [100 * head_epoch / n_train], "unit": " s"},
+            {"name": "training epoch per 100 images, fine-tuning the last block (cached maps)",
+             "samples": [100 * s / n_train for s in finetune["epoch_seconds"]], "unit": " s"},
+            {"name": "fine-tuning: cancel mid-batch honoured after", "samples": latency, "unit": " s",
+             "goal": "<= 1", "passed": max(latency) <= 1.0},
         ]
         Path(args.json).write_text(json.dumps({"figures": figures, "images": len(dataset.items),
                                                "epochs": args.epochs}, indent=2))

@@ -320,6 +320,38 @@ def test_real_training_shows_results_beside_the_active_model_and_saves(qtbot, cl
     _wait_idle(qtbot)
 
 
+def test_finetune_option_explains_itself_and_a_short_finetune_reaches_the_results_page(qtbot, clean_dataset,
+                                                                                      artifacts_dir):
+    dialog = _open(qtbot)
+    dialog.resize(1000, 720)
+    _check(qtbot, dialog, clean_dataset)
+    s = dialog.settings_page
+    box = s.finetune_last_block
+    assert box.isEnabled() and not box.isChecked() and s.finetune_hint.text() == ""
+    assert "s per epoch per 100 images" in box.toolTip() and "lower learning rate for block4" in box.toolTip()
+    box.setChecked(True)
+    assert "Learning rates: head 0.001, block4 1.0e-05" in s.finetune_hint.text()
+    assert "per epoch for about 10 training images, up to" in s.finetune_hint.text()
+    assert "block4 is fine-tuned at 0.01" in s.learning_rate.toolTip()
+    dialog._go(1)
+    qtbot.wait(50)
+    dialog.grab().save(str(artifacts_dir / "training_dialog_finetune_settings.png"))
+    s.base.setCurrentIndex(s.base.findData("small-cnn"))       # no pretrained last block: greyed out with the reason
+    assert not box.isEnabled() and not box.isChecked() and "random weights" in box.toolTip()
+    s.base.setCurrentIndex(s.base.findData("vgg16-hed-block4"))
+    box.setChecked(True)
+    _quick_settings(dialog)
+    assert s.config().finetune_last_block
+    _train_to_results(qtbot, dialog)
+    log = dialog.training_page.log.toPlainText()
+    assert "Fine-tuning block4_conv1, block4_conv2, block4_conv3" in log
+    assert "Epoch 2 / 2" in dialog.training_page.epoch_label.text()
+    assert len(dialog.training_page.curves.history["loss"]) == 2
+    assert dialog.result.finetune["trained_layers"] == ["block4_conv1", "block4_conv2", "block4_conv3"]
+    assert dialog.results_page.new_column.table.rowCount() == 2
+    _wait_idle(qtbot)
+
+
 def test_cancel_mid_training_saves_nothing_and_stops_quickly(qtbot, clean_dataset):
     dialog = _open(qtbot)
     _check(qtbot, dialog, clean_dataset)

