@@ -71,6 +71,12 @@ def test_unknown_base_is_a_usage_error(discs, tmp_path, capsys):
     assert code == 2 and "unknown base 'resnet-9000'" in err
 
 
+def test_an_input_size_the_base_cannot_take_is_a_message_and_exit_1(discs, tmp_path, capsys):
+    code, out, err = _train(capsys, discs, tmp_path / "m", "--input-size", "100")
+    assert code == 1 and "input size must be a multiple of 16" in err and "Traceback" not in out + err
+    assert not (tmp_path / "m").exists()
+
+
 def test_train_writes_a_bundle_and_prints_the_report(discs, tmp_path, capsys):
     data = _copy(discs, tmp_path)
     (data / "bright" / "broken.png").write_bytes(b"this is not a png")      # a warning: left out, run goes on

@@ -204,9 +204,13 @@ def test_clean_dataset_enables_start_and_settings_have_sensible_defaults(qtbot, 
             s.seed.value()) == (25, 8, 1e-3, 0.2, 42)
     assert not s.hflip.isChecked() and "heart" in s.hflip.toolTip()
     assert not s.finetune_last_block.isChecked()
+    assert s.config().input_size == (224, 224) and "336" in s.input_size.toolTip()
+    s.input_size.setCurrentIndex(s.input_size.findData(336))      # the shipped model's size
+    assert s.config().input_size == (336, 336)
+    s.input_size.setCurrentIndex(s.input_size.findData(224))
     assert not s.class_weights.isChecked()                        # balanced folder
     assert s.split_by_patient.isChecked()
-    for widget in (s.base, s.epochs, s.batch_size, s.learning_rate, s.val_fraction, s.seed, s.class_weights,
+    for widget in (s.base, s.input_size, s.epochs, s.batch_size, s.learning_rate, s.val_fraction, s.seed, s.class_weights,
                    s.early_stopping, s.augmentation, s.variants, s.patient_pattern):
         assert widget.toolTip(), widget
     # patient ids: this folder has no manifest, so the file-name pattern is used; editing it changes the split

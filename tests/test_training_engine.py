@@ -373,3 +373,10 @@ def test_pattern_groups_by_the_whole_match_at_the_start_of_the_stem(disc_dataset
     assert all(g.startswith("file:") for g in by(r".*png"))  # the extension is not part of the name matched
     with pytest.raises(TrainingError, match="not a valid regular expression"):
         TrainingConfig(split_by="pattern", patient_pattern="syn_(p").check()
+
+
+@pytest.mark.parametrize("size", [(100, 100), (48, 48), (224, 2048)])
+def test_an_input_size_the_base_cannot_take_is_refused_with_a_message(size):
+    with pytest.raises(TrainingError, match="input size must be a multiple of 16"):
+        TrainingConfig(input_size=size).check()
+    TrainingConfig(input_size=(336, 336)).check()      # the shipped model's size is fine

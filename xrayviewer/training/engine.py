@@ -85,6 +85,9 @@ class TrainingConfig:
             if not 0 < self.block_lr_factor <= 1:
                 raise TrainingError(f"the last block's learning-rate factor must be in (0, 1] "
                                     f"(got {self.block_lr_factor})")
+        rows, cols = self.input_size
+        if not all(64 <= v <= 1024 and v % 16 == 0 for v in (rows, cols)):
+            raise TrainingError(f"input size must be a multiple of 16 between 64 and 1024 (got {rows}x{cols})")
         if self.split_by not in SPLIT_CHOICES:
             raise TrainingError(f"split_by must be one of {', '.join(SPLIT_CHOICES)} (got {self.split_by!r})")
         if not 0.05 <= self.val_fraction <= 0.5:
