@@ -290,6 +290,7 @@ def test_real_training_shows_results_beside_the_active_model_and_saves(qtbot, cl
     assert [new.table.verticalHeaderItem(r).text() for r in range(2)] == ["clear", "opaque"]
     assert "Old model" in active.title.text() and active.table.rowCount() == 2
     assert new.confusion._pixmap is not None and active.confusion._pixmap is not None
+    assert new.confusion._pixmap.toImage().pixelColor(0, 0).alpha() == 0     # on the window's own background
     shown = {(which, key) for which, key, view in results.figure_views if view._pixmap is not None}
     assert shown == {("new", "roc"), ("active", "roc"), ("new", "reliability_raw"), ("new", "reliability"),
                      ("active", "reliability"), ("new", "curves")}
@@ -441,6 +442,26 @@ def test_live_curves_redraw_at_most_a_few_times_per_second(qtbot):
     elapsed = time.monotonic() - t0
     assert 1 <= curves.redraws - start <= elapsed * 1000 / training_dialog.CURVE_REDRAW_MS + 2
     assert len(curves.history["loss"]) == 200
+
+
+def test_live_curves_take_the_window_colours(qtbot):
+    """Drawn in the app's dark palette, the live plot is no white panel: background and text follow the window."""
+    from matplotlib.colors import to_hex
+    from PySide6.QtGui import QColor, QPalette
+
+    curves = training_dialog.LiveCurves()
+    qtbot.addWidget(curves)
+    palette = curves.palette()
+    palette.setColor(QPalette.ColorRole.Window, QColor("#1b2128"))
+    palette.setColor(QPalette.ColorRole.WindowText, QColor("#dde3e9"))
+    curves.setPalette(palette)
+    for epoch in (1, 2, 3):
+        curves.add_epoch({"epoch": epoch, "loss": 1 / epoch, "acc": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+    curves.stop(best_epoch=2)
+    ax = curves.figure.axes[0]
+    assert to_hex(curves.figure.get_facecolor()) == "#1b2128"
+    assert to_hex(ax.title.get_color()) == to_hex(ax.xaxis.label.get_color()) == "#dde3e9"
+    assert all(to_hex(t.get_color()) == "#dde3e9" for t in ax.get_legend().get_texts())
 
 
 # ---------------------------------------------------------------- real subset of ../shared

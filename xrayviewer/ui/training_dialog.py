@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QPixmap
+from PySide6.QtGui import QKeySequence, QPalette, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -148,6 +148,48 @@ def render_figure(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba()).copy()
 
 
+@dataclass(frozen=True)
+class FigureColours:
+    """The window's colours, for figures shown in the dialog: drawn on a transparent background, they sit in
+    the theme (the app's is dark) instead of as white panels. Figures saved to files keep matplotlib's defaults."""
+
+    text: str
+    muted: str
+    window: str
+
+    @classmethod
+    def of(cls, widget: QWidget) -> FigureColours:
+        palette = widget.palette()
+        return cls(palette.color(QPalette.ColorRole.WindowText).name(),
+                   palette.color(QPalette.ColorRole.PlaceholderText).name(),
+                   palette.color(QPalette.ColorRole.Window).name())
+
+
+def _themed(fig, colours: FigureColours | None, *, transparent: bool = True) -> None:
+    """Titles, labels, ticks, frames and legends in the window's colours (data colours stay), on a transparent
+    background, or on the window's colour where the figure is drawn straight on a canvas widget (which paints
+    transparency white)."""
+    if colours is None:
+        return
+    if transparent:
+        fig.patch.set_alpha(0.0)
+    else:
+        fig.patch.set_facecolor(colours.window)
+    for ax in fig.axes:
+        ax.patch.set_alpha(0.0)
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+            text.set_color(colours.text)
+        ax.tick_params(which="both", colors=colours.text)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colours.muted)
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.get_frame().set_facecolor(colours.window)
+            legend.get_frame().set_edgecolor(colours.muted)
+            for text in legend.get_texts():
+                text.set_color(colours.text)
+
+
 def _epoch_axes(fig, best_epoch: int | None = None) -> None:
     """Epoch axes show whole epochs only, and the kept (best) epoch when early stopping chose one."""
     from matplotlib.ticker import MaxNLocator
@@ -160,7 +202,8 @@ def _epoch_axes(fig, best_epoch: int | None = None) -> None:
 
 
 def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: dict | None = None,
-                   temperature: float | None = None) -> dict[str, np.ndarray]:
+                   temperature: float | None = None,
+                   colours: FigureColours | None = None) -> dict[str, np.ndarray]:
     """confusion, roc, reliability (+ reliability_raw before temperature scaling, curves) as RGBA images."""
     from xrayviewer.training import metrics as m
 
@@ -172,16 +215,18 @@ def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: 
     if history is not None:
         figures["curves"] = m.training_curves_figure(history)
         _epoch_axes(figures["curves"], history.get("best_epoch"))
+    for fig in figures.values():
+        _themed(fig, colours)
     return {name: render_figure(fig) for name, fig in figures.items()}
 
 
-def build_reports(result: Any, active_bundle: Path | None, *,
-                  cancel: threading.Event) -> tuple[ModelReport, ModelReport | None]:
+def build_reports(result: Any, active_bundle: Path | None, *, cancel: threading.Event,
+                  colours: FigureColours | None = None) -> tuple[ModelReport, ModelReport | None]:
     """Figures for the new model, then the active model evaluated on the same validation split."""
     new = ModelReport("New model", metrics=result.metrics,
                       figures=_model_figures(result.metrics, history=result.history,
                                              uncalibrated=result.metrics_uncalibrated,
-                                             temperature=result.temperature),
+                                             temperature=result.temperature, colours=colours),
                       calibration=(f"ECE {_fmt(result.metrics_uncalibrated.get('ece'))} → "
                                    f"{_fmt(result.metrics.get('ece'))} after temperature scaling "
                                    f"(T = {result.temperature:.2f}, fitted on the validation split)"))
@@ -199,7 +244,7 @@ def build_reports(result: Any, active_bundle: Path | None, *,
         if metrics is None:
             raise Cancelled()
         active.metrics = metrics
-        active.figures = _model_figures(metrics)
+        active.figures = _model_figures(metrics, colours=colours)
         active.calibration = (f"ECE {_fmt(metrics.get('ece'))} with the model's own temperature "
                               f"(T = {bundle.temperature:.2f})")
         validation = result.validation.get("sha256", [])
@@ -328,6 +373,7 @@ class LiveCurves(QWidget):
         self._dirty = False
         training_curves_figure(self.history, title="Loss and accuracy per epoch", fig=self.figure)
         _epoch_axes(self.figure, self.best_epoch)
+        _themed(self.figure, FigureColours.of(self), transparent=False)
         self.canvas.draw_idle()
         self.redraws += 1
 
@@ -1207,7 +1253,8 @@ class TrainingDialog(QDialog):
         self.results_page.name_edit.setText(self._suggest_name())
         self._go(3)
         self.results_page.audit_panel.set_result(result, self.window_)
-        self.report_worker = Worker(build_reports, result, self.active_bundle_path(), tag="reports")
+        self.report_worker = Worker(build_reports, result, self.active_bundle_path(),
+                                    colours=FigureColours.of(self), tag="reports")
         self.report_worker.signals.returned.connect(self._on_reports)
         self.report_worker.signals.errored.connect(self._on_reports_error)
         start_worker(self.report_worker)
