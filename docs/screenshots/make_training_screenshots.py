@@ -10,7 +10,7 @@ What it does:
   active model, and its Model › Train… dialog at 1100 x 760;
 - trains with the dialog's default settings (25 epochs, 4 variants, 224 input; seed 42, so the split and the run
   repeat; base features come from the feature cache after the first run);
-- saves training-dialog-training.png (a few epochs before the last one, while training still runs) and
+- saves training-dialog-training.png (grabbed at the epoch before the last, while training still runs) and
   training-dialog-results.png (Metrics tab: the new model beside models/default on the same validation split).
 
 Options: --data DIR (default: the shared data found by xrayviewer.paths), --out DIR (default: this folder).
