@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel
                                QStyledItemDelegate, QStyleOptionViewItem, QVBoxLayout, QWidget)
 
 from xrayviewer.results import ResultRow
+from xrayviewer.ui.colours import ERROR_TEXT
 from xrayviewer.ui.jobs import THUMB_SIDE
 
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -272,7 +273,7 @@ class ThumbnailDelegate(QStyledItemDelegate):
             text_left, width = text_left + shift, width - shift
         if item.ground_truth:
             if item.mismatch:
-                painter.setPen(QColor("#ff8a80") if not selected else text_colour)
+                painter.setPen(QColor(ERROR_TEXT) if not selected else text_colour)
                 text = f"≠ folder: {item.ground_truth}"
             else:
                 painter.setPen(palette.color(QPalette.ColorRole.PlaceholderText) if not selected else text_colour)

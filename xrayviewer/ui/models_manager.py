@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from xrayviewer.ui.colours import ERROR_TEXT
 from xrayviewer.ui.workers import Worker, start_worker
 
 MODEL_JSON = "model.json"
@@ -217,7 +218,7 @@ class ModelsManagerDialog(QDialog):
         selected = self.selected()
         self.entries = entries
         self.table.setRowCount(len(entries))
-        broken = QBrush(QColor("#b00020"))
+        broken = QBrush(QColor(ERROR_TEXT))
         for row, entry in enumerate(entries):
             bundle = entry.bundle
             cells = (entry.name,

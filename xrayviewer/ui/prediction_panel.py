@@ -12,6 +12,7 @@ from PySide6.QtGui import QColor, QFontMetrics, QPainter, QPalette, QPen
 from PySide6.QtWidgets import QFormLayout, QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from xrayviewer import DISCLAIMER
+from xrayviewer.ui.colours import ERROR_TEXT
 from xrayviewer.ui.folder_panel import confidence_colour
 from xrayviewer.ui.jobs import Explained, LoadedImage
 
@@ -275,7 +276,7 @@ class PredictionPanel(QWidget):
         classes = list(row.probabilities)
         probs = np.array([row.probabilities[c] for c in classes])
         self.headline.setText(f"{row.predicted}  <span style='font-weight:normal'>{row.confidence * 100:.1f} %</span>"
-                              + (f"<br><span style='font-size:9pt;font-weight:normal;color:#ff8a80'>folder says "
+                              + (f"<br><span style='font-size:9pt;font-weight:normal;color:{ERROR_TEXT}'>folder says "
                                  f"{row.ground_truth}</span>" if row.ground_truth and row.correct is False else ""))
         self.bars.set_values(classes, probs, explained.class_index)
         self.ood.setVisible(bool(row.ood_flag))

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDockWidget, QDoubl
 
 from xrayviewer.reports.summary import ResultsSummary, summarize_results
 from xrayviewer.results import ResultRow, write_results_csv
+from xrayviewer.ui.colours import ERROR_TEXT
 from xrayviewer.ui.jobs import METHODS as EXPLANATION_NAMES
 from xrayviewer.ui.settings import app_settings, read_float
 from xrayviewer.ui.workers import Worker, start_worker
@@ -27,7 +28,7 @@ from xrayviewer.ui.workers import Worker, start_worker
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 LOW_CONFIDENCE_KEY = "results/low_confidence_threshold"
 DEFAULT_LOW_CONFIDENCE = 0.6
-_RED = QColor("#b00020")
+_RED = QColor(ERROR_TEXT)
 _GRAY = QColor("#777777")
 
 

@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from xrayviewer.ui.colours import ERROR_TEXT
 from xrayviewer.ui.image_view import pixmap_gray, pixmap_rgba
 from xrayviewer.ui.workers import Cancelled, Worker, check_cancel, start_worker
 
@@ -250,7 +251,7 @@ def build_reports(result: Any, active_bundle: Path | None, *, cancel: threading.
         validation = result.validation.get("sha256", [])
         seen = _trained_on(bundle, validation)
         if seen:
-            active.calibration += (f"<br><span style='color:#b00020'>{seen} of these {len(validation)} validation "
+            active.calibration += (f"<br><span style='color:{ERROR_TEXT}'>{seen} of these {len(validation)} validation "
                                    "images were in this model's own training data: its figures here are "
                                    "optimistic.</span>")
     except Cancelled:
@@ -760,7 +761,7 @@ class SettingsPage(QWidget):
         try:
             groups, _origin = patient_groups(self.dataset, self.config())
         except (TrainingError, re.error) as exc:
-            return f"<span style='color:#b00020'>{exc}</span>"
+            return f"<span style='color:{ERROR_TEXT}'>{exc}</span>"
         matched = sum(1 for g in groups if g.startswith("pattern:"))
         if not matched:
             return "The pattern matches no file name: each file counts as its own patient."
@@ -1221,7 +1222,7 @@ class TrainingDialog(QDialog):
         problem = self.settings_page.pattern_error()
         if problem:
             self._go(1)
-            self.settings_page.patient_origin.setText(f"<span style='color:#b00020'>{problem}</span>")
+            self.settings_page.patient_origin.setText(f"<span style='color:{ERROR_TEXT}'>{problem}</span>")
             return
         config = self.settings_page.config()
         self.result = None
