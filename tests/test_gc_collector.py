@@ -63,3 +63,76 @@ def test_pause_and_resume_without_a_collector_restore_automatic_collection():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+# ---------------------------------------------------------------- returning freed memory to the OS (glibc)
+
+def test_release_free_memory_returns_memory_on_glibc():
+    from xrayviewer.ui import gc_collector
+
+    if gc_collector._malloc_trim is None:
+        import pytest
+
+        pytest.skip("no glibc malloc_trim here (the no-op is tested below)")
+    count = gc_collector.trim_stats["count"]
+    assert gc_collector.release_free_memory() is True
+    assert gc_collector.trim_stats["count"] == count + 1
+
+
+def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
+    import ctypes
+
+    from xrayviewer.ui import gc_collector
+
+    for platform in ("darwin", "win32"):
+        monkeypatch.setattr(sys, "platform", platform)
+        assert gc_collector._glibc_malloc_trim() is None
+    monkeypatch.setattr(sys, "platform", "linux")
+
+    class Musl:   # a C library without glibc's symbols
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *_a, **_k: Musl())
+    assert gc_collector._glibc_malloc_trim() is None
+
+    def no_library(*_a, **_k):
+        raise OSError("no C library to load")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert gc_collector._glibc_malloc_trim() is None
+
+    monkeypatch.setattr(gc_collector, "_malloc_trim", None)
+    count = gc_collector.trim_stats["count"]
+    assert gc_collector.release_free_memory() is False
+    assert gc_collector.trim_stats["count"] == count
+
+
+def test_memory_is_returned_only_after_work_and_at_most_once_per_interval(qtbot, monkeypatch):
+    from PySide6.QtCore import QObject
+
+    from xrayviewer.ui import gc_collector, workers
+
+    trims: list[int] = []
+    monkeypatch.setattr(gc_collector, "release_free_memory", lambda: trims.append(1) or True)
+    finished = [0]
+    monkeypatch.setattr(workers, "finished_count", lambda: finished[0])
+    clock = [1000.0]
+    monkeypatch.setattr(gc_collector.time, "monotonic", lambda: clock[0])
+    parent = QObject()
+    collector = gc_collector.GuiThreadCollector(parent)
+    collector.timer.stop()                      # driven by hand here
+
+    clock[0] += 5
+    collector.trim_if_due()
+    assert trims == []                          # idle: no work finished, nothing to return
+    finished[0] += 3
+    collector.trim_if_due()
+    assert trims == [1]
+    finished[0] += 3
+    clock[0] += gc_collector.TRIM_INTERVAL_S / 2
+    collector.trim_if_due()
+    assert trims == [1]                         # too soon after the last one
+    clock[0] += gc_collector.TRIM_INTERVAL_S
+    collector.trim_if_due()
+    assert trims == [1, 1]
