@@ -126,6 +126,10 @@ def new_window():
     from xrayviewer.ui.gc_collector import install_gui_thread_collector
     from xrayviewer.ui.main_window import MainWindow
 
+    from xrayviewer.ui import gc_collector
+
+    if hasattr(gc_collector, "limit_malloc_arenas"):   # as run_app does (absent in code before it, for comparisons)
+        gc_collector.limit_malloc_arenas()
     app = QApplication.instance() or QApplication([sys.argv[0]])
     configure_app(app)
     install_gui_thread_collector(app)   # as run_app does: cyclic GC on the GUI thread only

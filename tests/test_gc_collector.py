@@ -67,16 +67,21 @@ def test_pause_and_resume_without_a_collector_restore_automatic_collection():
 
 # ---------------------------------------------------------------- returning freed memory to the OS (glibc)
 
-def test_release_free_memory_returns_memory_on_glibc():
+def test_release_free_memory_and_arena_limit_on_glibc(monkeypatch):
     from xrayviewer.ui import gc_collector
 
     if gc_collector._malloc_trim is None:
         import pytest
 
-        pytest.skip("no glibc malloc_trim here (the no-op is tested below)")
+        pytest.skip("no glibc here (the no-op is tested below)")
     count = gc_collector.trim_stats["count"]
     assert gc_collector.release_free_memory() is True
     assert gc_collector.trim_stats["count"] == count + 1
+    code = "from xrayviewer.ui import gc_collector as g; print(g.limit_malloc_arenas())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True"], out.stderr
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")    # the user's own setting wins
+    assert gc_collector.limit_malloc_arenas() is False
 
 
 def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
@@ -87,6 +92,7 @@ def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
     for platform in ("darwin", "win32"):
         monkeypatch.setattr(sys, "platform", platform)
         assert gc_collector._glibc_malloc_trim() is None
+        assert gc_collector.limit_malloc_arenas() is False
     monkeypatch.setattr(sys, "platform", "linux")
 
     class Musl:   # a C library without glibc's symbols
@@ -95,12 +101,14 @@ def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", lambda *_a, **_k: Musl())
     assert gc_collector._glibc_malloc_trim() is None
+    assert gc_collector.limit_malloc_arenas() is False
 
     def no_library(*_a, **_k):
         raise OSError("no C library to load")
 
     monkeypatch.setattr(ctypes, "CDLL", no_library)
     assert gc_collector._glibc_malloc_trim() is None
+    assert gc_collector.limit_malloc_arenas() is False
 
     monkeypatch.setattr(gc_collector, "_malloc_trim", None)
     count = gc_collector.trim_stats["count"]
