@@ -92,9 +92,9 @@ def display_arrays(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 12-bit levels (uint16) and the 8-bit image at the default window of 0..1 pixels.
 
     Computed band by band: the same values as the whole-image expressions, without their full-size float
-    temporaries (12 bytes a pixel at once: 180 MB for the 15-megapixel radiographs in ../shared, on top of the
-    image itself, and the viewer may read two images at a time). Those transients were most of the memory peak
-    of benchmarks/bench_app.py memory.
+    temporaries (12 bytes a pixel at once, on top of the image itself; the viewer may read two images at a time).
+    Reading the largest radiograph in ../shared (15 megapixels) peaked at 175 MB of numpy memory, now 129 MB: what
+    read_radiograph itself needs.
     """
     from xrayviewer.imaging.display import to_uint8
 
