@@ -144,3 +144,18 @@ def test_memory_is_returned_only_after_work_and_at_most_once_per_interval(qtbot,
     clock[0] += gc_collector.TRIM_INTERVAL_S
     collector.trim_if_due()
     assert trims == [1, 1]
+
+
+def test_big_radiographs_return_what_their_read_freed_at_once(monkeypatch):
+    """The viewer's read and badge workers trim after a radiograph from 4 megapixels on, not after small ones."""
+    import numpy as np
+
+    from xrayviewer.imaging import Radiograph
+    from xrayviewer.ui import gc_collector, jobs
+
+    trims: list[int] = []
+    monkeypatch.setattr(gc_collector, "release_free_memory", lambda: trims.append(1) or True)
+    jobs.return_freed_memory(Radiograph.from_array(np.zeros((512, 512), np.float32)))
+    assert trims == []
+    jobs.return_freed_memory(Radiograph.from_array(np.zeros((2048, 2048), np.float32)))
+    assert trims == [1]
