@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import pytest
 from PySide6.QtCore import QObject, QThreadPool
 
-from xrayviewer.ui.workers import Cancelled, LatestRequest, Worker, active_workers, check_cancel, discard, start_worker
+from xrayviewer.ui.workers import LatestRequest, Worker, active_workers, check_cancel, discard, start_worker
 
 RUNS = 300
 
@@ -118,7 +119,7 @@ def test_cooperative_cancel_of_a_running_worker(qtbot, pool):
         started.set()
         for _ in range(1000):
             check_cancel(cancel)
-            threading.Event().wait(0.005)
+            time.sleep(0.005)
         return "ran to the end"
 
     receiver = Receiver()
@@ -132,7 +133,6 @@ def test_cooperative_cancel_of_a_running_worker(qtbot, pool):
     qtbot.waitUntil(lambda: receiver.finished == [worker.id], timeout=10_000)
     assert receiver.aborted == [worker.id] and receiver.returned == []
     assert worker.fn is not steps and worker.args == ()   # released its payload
-    assert isinstance(Cancelled(), Exception)
 
 
 def test_discarding_a_finished_worker_is_harmless(qtbot, pool):
