@@ -123,10 +123,16 @@ def new_window():
     from PySide6.QtWidgets import QApplication
 
     from xrayviewer.ui.app import configure_app
+    from xrayviewer.ui.gc_collector import install_gui_thread_collector
     from xrayviewer.ui.main_window import MainWindow
 
+    from xrayviewer.ui import gc_collector
+
+    if hasattr(gc_collector, "limit_malloc_arenas"):   # as run_app does (absent in code before it, for comparisons)
+        gc_collector.limit_malloc_arenas()
     app = QApplication.instance() or QApplication([sys.argv[0]])
     configure_app(app)
+    install_gui_thread_collector(app)   # as run_app does: cyclic GC on the GUI thread only
     window = MainWindow()
     window.resize(1400, 880)
     window.show()
@@ -190,6 +196,35 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def anon_mb() -> float | None:
+    """Anonymous resident memory (heap, arrays; not the mapped libraries), Linux only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def malloc_stats_mb() -> dict[str, float]:
+    """glibc's own count (all arenas): held from the OS in heaps, in use, free inside heaps, mmapped chunks."""
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return {}
+    info = libc.mallinfo2()
+    return {"heaps": info.arena / 2**20, "in_use": info.uordblks / 2**20, "free_in_heaps": info.fordblks / 2**20,
+            "mmapped": info.hblkhd / 2**20}
 
 
 # --------------------------------------------------------------------------------------------------- benchmarks
@@ -363,16 +398,33 @@ def bench_memory(args, work: Path) -> dict:
                        f"image {i}")
         except TimeoutError:
             print(f"image {i} ({path.name}) not shown in time; going on", flush=True)
-        samples.append((i + 1, rss_mb(), cache_mb(window)))
+        samples.append((i + 1, rss_mb(), cache_mb(window), anon_mb()))
         if i + 1 == baseline_at:
             baseline = samples[-1][1]
         if (i + 1) % 50 == 0:
             print(f"{i + 1}/{total} images, RSS {samples[-1][1]:.0f} MB, {time.perf_counter() - started:.0f} s",
                   flush=True)
+    browse_ms = (time.perf_counter() - started) / total * 1000
     live = live_objects()
     print(f"live objects after browsing: {live}", flush=True)
+    # What the remaining RSS is: glibc's own count, then after the background work has settled and the window has
+    # been idle a few seconds (idle-time trimming, if the app does it), then after an explicit malloc_trim(0).
+    from xrayviewer.ui import gc_collector
+
+    diagnosis = {"rss_end": rss_mb(), "malloc_end": malloc_stats_mb(),
+                 "app_trims": dict(getattr(gc_collector, "trim_stats", {}))}   # the app's own malloc_trim calls
+    settle(window, 600)
+    pump(3.0)
+    diagnosis.update(rss_idle=rss_mb(), anon_idle=anon_mb(), malloc_idle=malloc_stats_mb())
+    trim = _malloc_trim_function()
+    if trim is not None:
+        t0 = time.perf_counter()
+        trim(0)
+        diagnosis.update(trim_ms=(time.perf_counter() - t0) * 1000, rss_after_trim=rss_mb(),
+                         malloc_after_trim=malloc_stats_mb())
+    print(f"diagnosis: {json.dumps(diagnosis, default=lambda v: round(v, 1))}", flush=True)
     window.shutdown(save_settings=False)
-    peak_after = max(rss for n, rss, _ in samples if n >= baseline_at)
+    peak_after = max(s[1] for s in samples if s[0] >= baseline_at)
     caches_at_peak = max(samples, key=lambda s: s[1] if s[0] >= baseline_at else 0)[2]
     caches_at_baseline = samples[baseline_at - 1][2]
     peak_process = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -386,9 +438,19 @@ def bench_memory(args, work: Path) -> dict:
                 passed=growth < 300, note=f"{total} distinct images, badge pass running; the viewer's LRU caches "
                                           f"grew {caches_at_peak - caches_at_baseline:.0f} MB of it (they hold "
                                           f"{caches_at_peak:.0f} MB at the peak)"),
-        _figure(f"browse {total} images, each until its heatmap is shown", [(time.perf_counter() - started) / total
-                                                                            * 1000], "ms/image"),
-    ], "config": {"model": model_name, "images": what, "live_objects_after_browsing": live, "rss_samples": samples}}
+        _figure(f"browse {total} images, each until its heatmap is shown", [browse_ms], "ms/image"),
+    ], "config": {"model": model_name, "images": what, "live_objects_after_browsing": live, "diagnosis": diagnosis,
+                  "rss_samples": samples}}
+
+
+def _malloc_trim_function():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def live_objects() -> dict[str, int]:

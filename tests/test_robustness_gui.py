@@ -294,6 +294,9 @@ def _rapid_navigation(qtbot, win, loaded, paths: list[Path], min_shown: int) -> 
     assert images <= win.session.caches.images.max_items + 2, f"{images} decoded images still referenced"
     holding = [w for w in gc.get_objects() if isinstance(w, Worker) and w.done.is_set() and w.args]
     assert not holding, f"{len(holding)} finished workers still hold their arguments"
+    # ...and are freed themselves: only each slot's last worker (read, explain, prefetch, model load, colormap warm-up,
+    # folder scan, thumbnails) is still referenced, not several per switch (PySide's pool kept every one).
+    qtbot.waitUntil(lambda: len([w for w in gc.get_objects() if isinstance(w, Worker)]) <= 12, timeout=5_000)
 
 
 def truth_shape(path: Path) -> tuple[int, int]:

