@@ -92,3 +92,22 @@ def artifacts_dir() -> Path:
     """Screenshots and figures tests save for a person to look at."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def main_window(qtbot, tmp_path, monkeypatch):
+    """The real MainWindow in the app's look, shown offscreen, with its settings in a temp dir."""
+    from PySide6.QtWidgets import QApplication
+
+    from xrayviewer.ui.app import configure_app
+    from xrayviewer.ui.main_window import MainWindow
+
+    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))
+    configure_app(QApplication.instance())
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.resize(1400, 880)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()

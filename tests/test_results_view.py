@@ -375,17 +375,8 @@ def test_table_fills_from_a_real_folder(qtbot, window, controller, tmp_path, sha
 # ------------------------------------------------------------------------------------------- the real window
 
 @pytest.fixture
-def real_window(qtbot, tmp_path, monkeypatch):
-    from xrayviewer.ui.main_window import MainWindow
-
-    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
+def real_window(main_window):
+    return main_window
 
 
 def _open_folder(qtbot, win, paths: list[Path], classifier) -> None:

@@ -30,7 +30,6 @@ from PySide6.QtWidgets import QApplication
 
 import badinputs
 from robustness_support import real_sample, save_tiny_bundle, write_synthetic_images
-from xrayviewer.ui.app import configure_app
 
 SWITCHES = 200
 SWITCH_SECONDS = 5.0
@@ -52,18 +51,8 @@ def loaded(tiny_bundle):
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, monkeypatch):
-    from xrayviewer.ui.main_window import MainWindow
-
-    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))
-    configure_app(QApplication.instance())
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
+def window(main_window):
+    return main_window
 
 
 def use(win, loaded, classifier=None) -> None:

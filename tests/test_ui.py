@@ -16,7 +16,6 @@ from PySide6.QtWidgets import QApplication
 
 from ui_fakes import FakeClassifier, marker_image, synthetic_folder, wait_shown, write_png
 from xrayviewer import DISCLAIMER
-from xrayviewer.ui.app import configure_app
 from xrayviewer.ui.cache import LRUCache
 from xrayviewer.ui.jobs import DISPLAY_MAX_SIDE, ground_truth_for
 from xrayviewer.ui.shortcuts import SHORTCUTS
@@ -30,17 +29,8 @@ def settings_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def window(qtbot, settings_dir):
-    from xrayviewer.ui.main_window import MainWindow
-
-    configure_app(QApplication.instance())
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.resize(1400, 880)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
+def window(settings_dir, main_window):
+    return main_window
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 from PySide6.QtGui import QImage
-from PySide6.QtWidgets import QApplication
 
 import ui_fakes
 from ui_fakes import synthetic_folder
 from xrayviewer.paths import DEFAULT_MODEL_DIR
-from xrayviewer.ui.app import configure_app
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_GAP_MS = 150
@@ -71,17 +69,9 @@ def real_folder(shared_data, cxr_manifest, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def window(qtbot, tmp_path, monkeypatch, loaded_model):
-    from xrayviewer.ui.main_window import MainWindow
-
-    monkeypatch.setenv("XRAYVIEWER_SETTINGS_DIR", str(tmp_path / "settings"))
-    configure_app(QApplication.instance())
-    win = MainWindow()
-    qtbot.addWidget(win)
-    win.resize(1400, 880)
-    win.show()
-    yield win
-    win.close()
+def window(loaded_model, main_window):
+    """The window, once the module's model has loaded (TensorFlow first, outside the window's event loop)."""
+    return main_window
 
 
 def use_loaded(win, loaded):
