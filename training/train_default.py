@@ -39,6 +39,9 @@ SEED = 42
 # 448 0.986/0.895/0.693. NIH rises with resolution (its 1024 px images lose detail at 224); ieee8023 (paper figures)
 # does not, and falls at 448. 336 keeps both, at 2.25x the compute of 224.
 INPUT_SIZE = (336, 336)
+# The shipped model's version, shown beside its name (window, case reports, audits): raise it whenever the shipped
+# model changes, so results made with different models can be told apart. 1: 224x224 (session 1); 2: 336x336.
+MODEL_VERSION = "2"
 DENSE64 = {"pooling": "avg", "units": 64, "dropout": 0.5}
 LINEAR = {"pooling": "avg", "units": 0, "dropout": 0.0}
 CANDIDATES = {   # name -> TrainingConfig overrides; otherwise the engine's defaults (Adam lr 1e-3, 25 epochs, batch 8)
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     extra_meta = {"metrics": {"validation_per_source": per_source, "validation_within_source": within,
                               "cv_selection": selection, "cv_floor": floor},
                   "training": {"recipe": "training/train_default.py", "chosen_head": chosen}}
-    saved = result.save(args.out, name="default (covid / normal / pneumonia)",
+    saved = result.save(args.out, name="default (covid / normal / pneumonia)", version=MODEL_VERSION,
                         extra_files={"MODEL_CARD.md": card.encode()}, extra_meta=extra_meta)
     meta = json.loads((saved / "model.json").read_text())
     print(f"wrote {saved} in {time.perf_counter() - started:.0f} s; head weights sha256 {meta['weights']['sha256']}")

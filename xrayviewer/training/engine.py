@@ -216,16 +216,19 @@ class TrainingResult:
         }
 
     def save(self, dest_dir: str | Path, name: str | None = None, *, extra_files: dict[str, Any] | None = None,
-             extra_meta: dict[str, dict[str, Any]] | None = None) -> Path:
+             extra_meta: dict[str, dict[str, Any]] | None = None, version: str | None = None) -> Path:
         """Write the bundle atomically (model.json, head weights, plot.png and figure PNGs, ood.npz).
 
-        `extra_meta` adds keys inside model.json sections, e.g. {"metrics": {"per_source": ...}}.
+        `extra_meta` adds keys inside model.json sections, e.g. {"metrics": {"per_source": ...}}; `version` is
+        the model's own version (default "1"), shown beside its name and in reports.
         """
         from xrayviewer.model.backbone import BASES
         from xrayviewer.model.bundle import save_bundle
         from xrayviewer.training.metrics import figure_png
 
         meta = self.meta(name)
+        if version is not None:
+            meta["version"] = version
         for section, values in (extra_meta or {}).items():
             meta.setdefault(section, {}).update(values)
         extras: dict[str, Any] = {fname: figure_png(fig) for fname, fig in self.figures().items()}
