@@ -135,6 +135,24 @@ def test_colour_png_is_luminance_with_a_note(tmp_path):
     assert any("colour" in note for note in rg.meta["notes"])
 
 
+def test_colour_conversion_in_bands_equals_the_whole_image_formula(tmp_path, monkeypatch):
+    """Big colour photos are converted band by band (memory): the values must not depend on the banding."""
+    from xrayviewer.imaging import raster
+
+    rgb = np.random.default_rng(3).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    monkeypatch.setattr(raster, "_BAND_PIXELS", 29 * 5)   # 8 bands, the last one short
+    Image.fromarray(rgb, "RGB").save(tmp_path / "photo.png")
+    whole = (rgb.astype(np.float32) @ raster._LUMA) * np.float32(1 / 255.0)
+    assert np.array_equal(read_radiograph(tmp_path / "photo.png").pixels, whole)
+
+
+def test_non_finite_values_become_0_or_1(tmp_path):
+    from xrayviewer.imaging.reader import _finish
+
+    values = np.array([[np.nan, np.inf, -np.inf, 0.25], [2.0, -1.0, 0.5, 1.0]], np.float32)
+    assert _finish(values).tolist() == [[0.0, 1.0, 0.0, 0.25], [1.0, 0.0, 0.5, 1.0]]
+
+
 def test_cmyk_jpeg_reads_like_the_gray_original(tmp_path):
     rg = read_radiograph(write_cmyk_jpeg(tmp_path / "cmyk.jpg", CHEST))
     assert rg.meta["mode"] == "CMYK"

@@ -113,5 +113,6 @@ def _finish(pixels: np.ndarray) -> np.ndarray:
         out = out.copy()
     if out.ndim != 2:
         raise RadiographError(f"decoded image has shape {out.shape}, expected 2-D")
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    if not np.isfinite(out.sum(dtype=np.float64)):   # rare: nan_to_num's masks cost 5 bytes a pixel
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(out, 0.0, 1.0, out=out)
