@@ -86,7 +86,8 @@ def test_audit_dialog_runs_to_the_end_and_shows_summary_and_figures(qtbot, synth
     assert dialog.folder_edit.text() == str(root)            # the folder open in the viewer
     # a/broken.png has a valid header: counted here, reported as unreadable by the audit
     assert dialog.counts == {"a": 7, "b": 6} and dialog.limit.value() == audit_dialog.DEFAULT_LIMIT
-    assert "13 images: about 4 s" in dialog.estimate.text()
+    rows, cols = classifier.input_size               # a small model: the estimate follows its input size
+    assert dialog.estimate.text().startswith(f"{estimate_text(13, input_size=(rows, cols))} (a 7, b 6 in the folder")
     dialog.limit.setValue(4)
     assert "8 images" in dialog.estimate.text()
     dialog.limit.setValue(0)
@@ -270,6 +271,7 @@ def test_verdict_and_estimate_in_plain_words():
     assert "some signal" in core_finding(audit_dialog.CHANCE_LEVEL_AUC)
     assert "little signal" in core_finding(audit_dialog.CHANCE_LEVEL_AUC - 0.01)
     assert estimate_text(90) == "90 images: about 30 s" and estimate_text(1, loading=True).startswith("1 image:")
+    assert estimate_text(46, input_size=(336, 336)) == "46 images: about 21 s"   # measured: 21-22 s
 
 
 def test_install_adds_model_audit_to_the_real_main_window(qtbot, tmp_path, monkeypatch):
