@@ -350,6 +350,22 @@ def test_lru_cache_is_bounded():
     assert len(cache) == 0 and cache.total_bytes == 0
 
 
+def test_lru_cache_keeps_the_pinned_image_within_its_budget():
+    """The image on screen is pinned: prefetched neighbours evict older entries, never it, and one that cannot
+    fit beside it is not kept (the view holds the pinned image anyway, so keeping both would exceed the budget)."""
+    cache = LRUCache(max_bytes=3 * 1000, max_items=10)
+    cache.pin("current")                    # pinned before its read finishes, as ImageSession.select does
+    cache.put("older", np.zeros(1000, np.uint8))
+    cache.put("current", np.zeros(2000, np.uint8))
+    cache.put("next", np.zeros(1000, np.uint8))
+    assert cache.get("current") is not None and cache.get("next") is not None and cache.get("older") is None
+    cache.put("previous", np.zeros(1500, np.uint8))   # cannot fit beside the pinned 2000 bytes
+    assert cache.get("current") is not None and cache.get("previous") is None and cache.total_bytes <= 3000
+    cache.pin(None)                         # nothing on screen: plain LRU again
+    cache.put("other", np.zeros(2500, np.uint8))
+    assert cache.get("current") is None and cache.get("other") is not None and cache.total_bytes <= 3000
+
+
 def test_filter_and_sort(qtbot, window, folder):
     open_with_fake(qtbot, window, folder)
     wait_shown(qtbot, window)

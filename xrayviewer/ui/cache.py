@@ -24,13 +24,26 @@ def nbytes(value: Any) -> int:
 
 
 class LRUCache:
-    """Least-recently-used eviction once the total size passes `max_bytes` (or the count passes `max_items`)."""
+    """Least-recently-used eviction once the total size passes `max_bytes` (or the count passes `max_items`).
+
+    One key can be pinned (the image on screen): it is never evicted, and it counts against the budget, so what
+    is on screen plus what is cached stays within it. Without the pin, prefetching the neighbours of a big image
+    evicted it while the view still held it, and memory went over the budget by that image. A value that cannot
+    fit beside the pinned one is not kept.
+    """
 
     def __init__(self, max_bytes: int, max_items: int = 100_000, sizeof: Callable[[Any], int] = nbytes):
         self.max_bytes, self.max_items, self._sizeof = max_bytes, max_items, sizeof
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
+        self._pinned: Hashable | None = None
         self._lock = threading.Lock()
+
+    def pin(self, key: Hashable | None) -> None:
+        """Keep `key` (cached now or later) until another key, or None, is pinned."""
+        with self._lock:
+            self._pinned = key
+            self._evict()
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:
@@ -52,10 +65,17 @@ class LRUCache:
                 self._bytes -= old[1]
             self._items[key] = (value, size)
             self._bytes += size
-            while self._items and (self._bytes > self.max_bytes or len(self._items) > self.max_items):
-                _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= evicted
+            self._evict()
         return value
+
+    def _evict(self) -> None:
+        """Oldest first, never the pinned key (called with the lock held)."""
+        while self._bytes > self.max_bytes or len(self._items) > self.max_items:
+            victim = next((k for k in self._items if k != self._pinned), None)
+            if victim is None:
+                return
+            _, evicted = self._items.pop(victim)
+            self._bytes -= evicted
 
     def clear(self) -> None:
         with self._lock:

@@ -97,6 +97,7 @@ class ImageSession(QObject):
         if path is None:
             self._read.cancel()
             return
+        self.caches.images.pin(self.current_path)
         cached = self.caches.images.get(self.current_path)
         if cached is not None:
             self._read.cancel()
