@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PySide6.QtCore import QObject, Signal
@@ -272,6 +273,13 @@ def test_verdict_and_estimate_in_plain_words():
     assert "little signal" in core_finding(audit_dialog.CHANCE_LEVEL_AUC - 0.01)
     assert estimate_text(90) == "90 images: about 30 s" and estimate_text(1, loading=True).startswith("1 image:")
     assert estimate_text(46, input_size=(336, 336)) == "46 images: about 21 s"   # measured: 21-22 s
+    # on a machine where the classifier's own pass ran 2x slower than on the reference machine (measured: 55 s there)
+    slow = SimpleNamespace(seconds_per_analysis=0.309, input_size=(336, 336))
+    assert audit_dialog.machine_slowness(slow) == pytest.approx(2.0, rel=0.01)
+    assert estimate_text(46, input_size=(336, 336), slowness=2.0) == "46 images: about 42 s"
+    assert audit_dialog.machine_slowness(SimpleNamespace(seconds_per_analysis=None, input_size=(336, 336))) == 1.0
+    assert audit_dialog.machine_slowness(None) == 1.0
+    assert audit_dialog.machine_slowness(SimpleNamespace(seconds_per_analysis=100.0, input_size=(224, 224))) == 8.0
 
 
 def test_install_adds_model_audit_to_the_real_main_window(qtbot, tmp_path, monkeypatch):

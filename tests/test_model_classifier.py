@@ -108,6 +108,19 @@ def test_predict_and_features_batch(classifier):
     assert classifier.predict([]).shape == (0, 3)
 
 
+def test_seconds_per_analysis_is_measured_after_the_tracing_call(bundle_path):
+    fresh = Classifier.load(bundle_path)
+    assert fresh.seconds_per_analysis is None
+    fresh.analyze(synthetic(1))                 # traces the compiled function: not counted
+    fresh.analyze_batch([synthetic(2)], cams=False)
+    assert fresh.seconds_per_analysis is None
+    fresh.analyze_batch([synthetic(s) for s in (3, 4)])
+    first = fresh.seconds_per_analysis
+    assert first is not None and 0 < first < 30
+    fresh.analyze(synthetic(5))
+    assert fresh.seconds_per_analysis > 0
+
+
 def test_analyses_from_two_threads_agree(classifier):
     images = [synthetic(s) for s in (5, 6)]
     expected = [classifier.analyze(r).probabilities for r in images]

@@ -202,10 +202,10 @@ def findings(summary: dict[str, Any]) -> list[str]:
         verdict = ("it is reading shortcuts outside the lungs (source, age, markers, borders)" if removed >= 0.7 else
                    "little signal is left outside the lungs" if removed < 0.6 else
                    "some signal remains outside the lungs")
-        out.append(f"Macro AUC {as_is:.2f} as is, {removed:.2f} with the lungs blacked out "
+        out.append(f"Macro AUC {as_is:.3f} as is, {removed:.3f} with the lungs blacked out "
                    f"(0.5 = chance): {verdict}.")
     if only is not None:
-        out.append(f"Macro AUC {only:.2f} with everything but the lungs blacked out.")
+        out.append(f"Macro AUC {only:.3f} with everything but the lungs blacked out.")
     by_source = summary.get("by_source") or {}
     classes = set(summary["classes"])
     single = [s for s, v in by_source.items() if len(classes & set(v["labels"])) == 1]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -83,6 +85,8 @@ class Classifier:
         self._ood = self._load_ood()
         self._explainers = TfKerasVisExplainers(model, bundle.gradcam_layer, scorecam_max_n=scorecam_max_n)
         self._last: tuple[Radiograph, Analysis] | None = None
+        self._pass_seconds: deque[float] = deque(maxlen=9)   # per image, the compiled pass with Grad-CAM
+        self._traced = False
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -161,7 +165,11 @@ class Classifier:
         x = np.asarray(images, np.float32)
         with self._lock:
             if cams:
+                started = time.perf_counter()
                 probs, logits, pooled, maps = (t.numpy() for t in self._analyze_fn(x))
+                if self._traced:        # the first call also traces the function: not this machine's speed
+                    self._pass_seconds.append((time.perf_counter() - started) / max(len(x), 1))
+                self._traced = True
             else:
                 probs, logits, pooled = (t.numpy() for t in self._forward_fn(x))
                 maps = None
@@ -169,6 +177,13 @@ class Classifier:
         return [Analysis(self.classes, probs[i], logits[i], None if maps is None else maps[i], pooled[i],
                          tuple(int(v) for v in original_shapes[i][:2]), ood_scores[i], ood_flags[i])
                 for i in range(len(x))]
+
+    @property
+    def seconds_per_analysis(self) -> float | None:
+        """Median seconds of the compiled pass (probabilities + Grad-CAM) per image, measured on this machine by
+        the last analyses; None before two have run. Time estimates scale with it."""
+        values = list(self._pass_seconds)     # one C-level copy: a worker may append meanwhile
+        return float(np.median(values)) if values else None
 
     def analyze(self, radiograph: Radiograph) -> Analysis:
         """Probabilities, all-class Grad-CAM, features and OOD for one radiograph, in one compiled pass."""

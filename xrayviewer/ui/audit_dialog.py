@@ -27,8 +27,11 @@ from xrayviewer.ui.workers import LatestRequest, Worker, check_cancel, start_wor
 
 # Measured pace of the audit on a 2-core machine (read, lungs, Grad-CAM pass, two masked passes): 0.33 s an image
 # with a 224x224 model, 0.45 s with the shipped 336x336 one. The passes scale with the input's pixels, the rest not.
+# Measured with the viewer's compiled pass taking REFERENCE_PASS_SECONDS per 224² of input (154 ms at 336²); on another
+# machine the estimate scales by the pass time the classifier measured there (2x here on a machine 2x slower).
 SECONDS_PER_IMAGE = 0.235
 SECONDS_PER_IMAGE_PER_224_SQUARE = 0.098
+REFERENCE_PASS_SECONDS_PER_224_SQUARE = 0.0684
 MODEL_LOAD_SECONDS = 10        # loading a classifier and the lung model when the viewer has none ready
 DEFAULT_LIMIT = 30
 # Verdict thresholds on the macro AUC with the lungs blacked out: the ones xrayviewer.model.audit.findings uses.
@@ -124,9 +127,20 @@ def audit_job(dataset: Path, out_dir: Path, *, progress: Callable[[dict], None],
 
 # ---------------------------------------------------------------- reading the summary
 
-def estimate_text(images: int, loading: bool = False, input_size: tuple[int, int] | None = None) -> str:
+def machine_slowness(classifier: Any) -> float:
+    """How much slower than the reference machine this one ran the classifier's last analyses (1.0 when unknown)."""
+    seconds = getattr(classifier, "seconds_per_analysis", None)
+    size = getattr(classifier, "input_size", None)
+    if not seconds or not size:
+        return 1.0
+    expected = REFERENCE_PASS_SECONDS_PER_224_SQUARE * size[0] * size[1] / 224 ** 2
+    return min(max(seconds / expected, 0.25), 8.0)
+
+
+def estimate_text(images: int, loading: bool = False, input_size: tuple[int, int] | None = None,
+                  slowness: float = 1.0) -> str:
     rows, cols = input_size or (224, 224)
-    per_image = SECONDS_PER_IMAGE + SECONDS_PER_IMAGE_PER_224_SQUARE * rows * cols / 224 ** 2
+    per_image = (SECONDS_PER_IMAGE + SECONDS_PER_IMAGE_PER_224_SQUARE * rows * cols / 224 ** 2) * slowness
     seconds = images * per_image + (MODEL_LOAD_SECONDS if loading else 0)
     return f"{images} image{'s' if images != 1 else ''}: about {_duration(seconds)}"
 
@@ -148,17 +162,17 @@ def verdict(summary: dict[str, Any]) -> tuple[str, str]:
             return "warning", text + f" Most images ({outside:.0%}) have most of the attention outside the lungs."
         return "info", text
     if removed >= SHORTCUT_AUC:
-        return "warning", (f"The model still scores well with the lungs blacked out (macro AUC {removed:.2f}, "
-                           f"{_fmt(as_is, 2)} as is): it may be reading shortcuts outside the lungs — the hospital, "
+        return "warning", (f"The model still scores well with the lungs blacked out (macro AUC {removed:.3f}, "
+                           f"{_fmt(as_is, 3)} as is): it may be reading shortcuts outside the lungs — the hospital, "
                            "age, markers or borders — rather than the disease.")
     if removed >= CHANCE_LEVEL_AUC:
         return "warning" if mostly_outside else "info", (
-            f"Some signal remains with the lungs blacked out (macro AUC {removed:.2f}, {_fmt(as_is, 2)} as is): "
+            f"Some signal remains with the lungs blacked out (macro AUC {removed:.3f}, {_fmt(as_is, 3)} as is): "
             "check the mean heatmaps for attention on corners, labels and borders.")
     if mostly_outside:
-        return "warning", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.2f}), yet "
+        return "warning", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}), yet "
                            f"{outside:.0%} of the images have most of the attention outside the lungs.")
-    return "ok", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.2f}, {_fmt(as_is, 2)} "
+    return "ok", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}, {_fmt(as_is, 3)} "
                   "as is): it needs what is inside the lungs.")
 
 
@@ -628,8 +642,11 @@ class AuditDialog(QDialog):
             foreign = [label for label in self.counts if classes is not None and label not in classes]
             note = (f"; {', '.join(foreign)}: not a class of the model, counted for attention only"
                     if foreign else "")
-            input_size = getattr(getattr(service, "classifier", None), "input_size", None)
-            self.estimate.setText(f"{estimate_text(planned, loading, input_size)} ({per_class} in the folder{note})")
+            classifier = getattr(service, "classifier", None)
+            input_size = getattr(classifier, "input_size", None)
+            slowness = machine_slowness(classifier)
+            self.estimate.setText(f"{estimate_text(planned, loading, input_size, slowness)} ({per_class} in the "
+                                  f"folder{note})")
         self._update_start()
 
     def _update_start(self) -> None:
@@ -657,7 +674,7 @@ class AuditDialog(QDialog):
     def _on_stopped(self, _state: str) -> None:
         for widget in (self.folder_edit, self.limit, self.out_edit):
             widget.setEnabled(True)
-        self._update_start()
+        self._update_estimate()     # the audit's own analyses measured this machine's speed
         if self._close_when_stopped:
             self._close_when_stopped = False
             self.close()
@@ -720,10 +737,11 @@ class TrainingAuditPanel(QWidget):
         else:
             loading = self._segmenter() is None
             input_size = getattr(getattr(result, "config", None), "input_size", None)
+            slowness = machine_slowness(getattr(getattr(self.window_, "model_service", None), "classifier", None))
             self.intro.setText(
                 f"Shortcut audit of the new model on its {files} validation images (never used to fit it): how much "
                 "of its attention falls on the lungs, and how it scores with the lungs blacked out and with only the "
-                f"lungs left. {estimate_text(files, loading, input_size)}.")
+                f"lungs left. {estimate_text(files, loading, input_size, slowness)}.")
         self._update_start()
 
     def _update_start(self, *_: Any) -> None:
