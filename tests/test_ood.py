@@ -34,6 +34,21 @@ def test_threshold_is_honest_and_shifted_features_are_flagged():
     assert single.shape == (1,)
 
 
+@pytest.mark.parametrize("n, p", [(300, 512), (20, 512), (500, 16)])
+def test_gaussian_equals_sklearn_ledoit_wolf(n, p):
+    """The fit is done with NumPy (its LAPACK call releases the GIL; SciPy's does not), with sklearn's numbers."""
+    from sklearn.covariance import LedoitWolf
+
+    from xrayviewer.model.ood import _fit_gaussian
+
+    rng = np.random.default_rng(n + p)
+    x = np.sqrt(rng.random((n, p))) * rng.random(p)
+    reference = LedoitWolf().fit(x)
+    mean, precision = _fit_gaussian(x)
+    np.testing.assert_allclose(mean, reference.location_, rtol=1e-12)
+    np.testing.assert_allclose(precision, reference.precision_, rtol=1e-9, atol=1e-9 * np.abs(precision).max())
+
+
 def test_groups_keep_a_patient_in_one_fold():
     rng = np.random.default_rng(1)
     patients = np.repeat(np.arange(60), 4)
