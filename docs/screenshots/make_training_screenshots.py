@@ -121,7 +121,7 @@ def shoot(root: Path, model_dir: Path, out: Path, n_images: int) -> int:
         # connected after the page's own slot: the page already shows this epoch (label, log); draw the live
         # curves now (they redraw on a timer otherwise) and grab the dialog as it is mid-run
         if event.get("kind") == "epoch" and dialog.is_training():
-            dialog.training_page.curves.stop()         # draws every epoch so far; the next epoch restarts the timer
+            dialog.training_page.curves.draw_now()     # every epoch so far, on screen before the grab
             grabs.append((int(event["epoch"]), dialog.grab()))
 
     finished: list[object] = []       # after the dialog's own slots handled the outcome (result or failure)

@@ -317,36 +317,56 @@ class FigureView(QLabel):
                                                Qt.TransformationMode.SmoothTransformation))
 
 
+def render_live_curves(history: dict[str, list[float]], best_epoch: int | None, colours: FigureColours | None,
+                       size: tuple[int, int]) -> tuple[Any, np.ndarray]:
+    """The live plot (same builder as the saved plot.png) drawn off-screen at `size` pixels: (Figure, RGBA)."""
+    from matplotlib.figure import Figure
+
+    from xrayviewer.training.metrics import training_curves_figure
+
+    width, height = max(size[0], 200), max(size[1], 150)
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100, layout="constrained")
+    training_curves_figure(history, title="Loss and accuracy per epoch", fig=fig)
+    _epoch_axes(fig, best_epoch)
+    _themed(fig, colours, transparent=False)
+    return fig, render_figure(fig)
+
+
 class LiveCurves(QWidget):
     """Loss and accuracy per epoch (train and validation), redrawn at most every CURVE_REDRAW_MS.
 
-    Draws with the same builder as the saved plot.png (metrics.training_curves_figure), into an embedded canvas.
+    Drawn in a worker and shown as a pixmap: a matplotlib draw of this plot takes 80-300 ms, which on the GUI thread
+    (competing for the GIL with the training worker) froze the dialog for up to 0.2 s at every redraw.
     """
 
     EVENT_KEYS = (("loss", "loss"), ("val_loss", "val_loss"), ("accuracy", "acc"), ("val_accuracy", "val_accuracy"))
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(7, 3), dpi=100, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
+        self.view = FigureView("")
+        self.view.setMinimumHeight(220)
+        self.figure: Any = None              # the Figure on screen (drawn in a worker; read, never redrawn, here)
         self.history: dict[str, list[float]] = {}
+        self.best_epoch: int | None = None
         self.redraws = 0
         self._dirty = False
+        self._pending: int | None = None     # id of the render worker whose picture has not arrived yet
+        self._shown_size: tuple[int, int] | None = None
         self._timer = QTimer(self)
         self._timer.setInterval(CURVE_REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
+        self._resized = QTimer(self)         # re-render at the new size once a resize has settled
+        self._resized.setSingleShot(True)
+        self._resized.setInterval(150)
+        self._resized.timeout.connect(self._size_changed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
+        layout.addWidget(self.view)
         self.reset()
 
     def reset(self) -> None:
         self.history = {key: [] for key, _ in self.EVENT_KEYS}
-        self.best_epoch: int | None = None
+        self.best_epoch = None
         self._dirty = True
         self._redraw()
 
@@ -359,24 +379,65 @@ class LiveCurves(QWidget):
             self._timer.start()
 
     def stop(self, best_epoch: int | None = None) -> None:
-        """Final redraw (marking the kept epoch); the timer stops."""
+        """A last redraw now (marking the kept epoch); the timer stops once it is on screen."""
         self.best_epoch = best_epoch
         self._dirty = self._dirty or best_epoch is not None
         self._redraw()
-        self._timer.stop()
+
+    def draw_now(self) -> None:
+        """Draw every epoch so far on this thread, at once (screenshots; the dialog itself never calls this)."""
+        self._dirty = False
+        self._show(render_live_curves(self._history_copy(), self.best_epoch, FigureColours.of(self),
+                                      self._render_size()))
+
+    @property
+    def settled(self) -> bool:
+        """True when the picture on screen shows every epoch added so far."""
+        return not self._dirty and self._pending is None
+
+    def _history_copy(self) -> dict[str, list[float]]:
+        return {key: list(values) for key, values in self.history.items()}
+
+    def _render_size(self) -> tuple[int, int]:
+        size = self.view.size()
+        return size.width(), size.height()
 
     def _redraw(self) -> None:
+        if self._pending is not None:        # one render at a time: the timer comes back for the newest epochs
+            if not self._timer.isActive():
+                self._timer.start()
+            return
         if not self._dirty:
             self._timer.stop()
             return
-        from xrayviewer.training.metrics import training_curves_figure
-
         self._dirty = False
-        training_curves_figure(self.history, title="Loss and accuracy per epoch", fig=self.figure)
-        _epoch_axes(self.figure, self.best_epoch)
-        _themed(self.figure, FigureColours.of(self), transparent=False)
-        self.canvas.draw_idle()
+        worker = Worker(render_live_curves, self._history_copy(), self.best_epoch, FigureColours.of(self),
+                        self._render_size())
+        worker.signals.returned.connect(self._show)
+        worker.signals.finished.connect(self._render_finished)
+        self._pending = worker.id
+        start_worker(worker)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _show(self, rendered: tuple[Any, np.ndarray]) -> None:
+        self.figure, image = rendered
+        self._shown_size = (image.shape[1], image.shape[0])
+        self.view.set_image(image)
         self.redraws += 1
+
+    def _render_finished(self, worker_id: int) -> None:
+        if worker_id == self._pending:
+            self._pending = None
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._resized.start()
+
+    def _size_changed(self) -> None:
+        if self._shown_size is not None and self._shown_size != self._render_size():
+            self._dirty = True
+            self._redraw()
 
 
 # ---------------------------------------------------------------- pages
