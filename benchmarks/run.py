@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], tuple[int, int]]] = {
     "folder_open": ("bench_app.py", ["folder-open"], (900, 300)),
     "training": ("bench_training.py", [], (3600, 900)),
     "memory": ("bench_app.py", ["memory"], (2400, 600)),
+    "gui_block": ("bench_app.py", ["gui-block"], (900, 300)),
 }
 
 
