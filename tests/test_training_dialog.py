@@ -472,6 +472,15 @@ def test_live_curves_are_drawn_off_the_gui_thread_and_follow_resizes(qtbot):
         curves.resize(900, 420)
         qtbot.waitUntil(lambda: curves.settled and curves._shown_size == curves._render_size(), timeout=10000)
         assert threading.main_thread().name not in drawn_on
+        # a picture drawn at once (screenshots) is not replaced by an older one still being drawn in a worker
+        curves.add_epoch({"epoch": 6, "loss": 0.1, "acc": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        curves.stop()
+        assert not curves.settled
+        curves.add_epoch({"epoch": 7, "loss": 0.1, "acc": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        curves.draw_now()
+        qtbot.waitUntil(lambda: curves.settled, timeout=10000)
+        qtbot.wait(50)
+        assert len(curves.figure.axes[0].lines[0].get_xdata()) == 7
     finally:
         training_dialog.render_figure = real_render
 

@@ -27,8 +27,8 @@ from xrayviewer.ui.workers import LatestRequest, Worker, check_cancel, start_wor
 
 # Measured pace of the audit on a 2-core machine (read, lungs, Grad-CAM pass, two masked passes): 0.33 s an image
 # with a 224x224 model, 0.45 s with the shipped 336x336 one. The passes scale with the input's pixels, the rest not.
-# Measured with the viewer's compiled pass taking REFERENCE_PASS_SECONDS per 224² of input (154 ms at 336²); on another
-# machine the estimate scales by the pass time the classifier measured there (2x here on a machine 2x slower).
+# That machine ran the compiled pass in REFERENCE_PASS_SECONDS_PER_224_SQUARE per 224² of input (154 ms at 336²);
+# elsewhere the estimate scales by the pass time the classifier measured there (machine_slowness).
 SECONDS_PER_IMAGE = 0.235
 SECONDS_PER_IMAGE_PER_224_SQUARE = 0.098
 REFERENCE_PASS_SECONDS_PER_224_SQUARE = 0.0684

@@ -332,6 +332,10 @@ def render_live_curves(history: dict[str, list[float]], best_epoch: int | None, 
     return fig, render_figure(fig)
 
 
+def _numbered_render(number: int, *args: Any) -> tuple[int, Any, np.ndarray]:
+    return (number, *render_live_curves(*args))
+
+
 class LiveCurves(QWidget):
     """Loss and accuracy per epoch (train and validation), redrawn at most every CURVE_REDRAW_MS.
 
@@ -351,6 +355,7 @@ class LiveCurves(QWidget):
         self.redraws = 0
         self._dirty = False
         self._pending: int | None = None     # id of the render worker whose picture has not arrived yet
+        self._number = 0                     # of the newest picture asked for: an older one arriving later is stale
         self._shown_size: tuple[int, int] | None = None
         self._timer = QTimer(self)
         self._timer.setInterval(CURVE_REDRAW_MS)
@@ -387,6 +392,7 @@ class LiveCurves(QWidget):
     def draw_now(self) -> None:
         """Draw every epoch so far on this thread, at once (screenshots; the dialog itself never calls this)."""
         self._dirty = False
+        self._number += 1
         self._show(render_live_curves(self._history_copy(), self.best_epoch, FigureColours.of(self),
                                       self._render_size()))
 
@@ -411,14 +417,19 @@ class LiveCurves(QWidget):
             self._timer.stop()
             return
         self._dirty = False
-        worker = Worker(render_live_curves, self._history_copy(), self.best_epoch, FigureColours.of(self),
-                        self._render_size())
-        worker.signals.returned.connect(self._show)
+        self._number += 1
+        worker = Worker(_numbered_render, self._number, self._history_copy(), self.best_epoch,
+                        FigureColours.of(self), self._render_size())
+        worker.signals.returned.connect(self._rendered)
         worker.signals.finished.connect(self._render_finished)
         self._pending = worker.id
         start_worker(worker)
         if not self._timer.isActive():
             self._timer.start()
+
+    def _rendered(self, numbered: tuple[int, Any, np.ndarray]) -> None:
+        if numbered[0] == self._number:
+            self._show(numbered[1:])
 
     def _show(self, rendered: tuple[Any, np.ndarray]) -> None:
         self.figure, image = rendered
