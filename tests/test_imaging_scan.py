@@ -45,6 +45,19 @@ def make_dataset(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
+def test_a_file_name_prefix_that_is_the_class_is_not_a_source(tmp_path):
+    """covid/covid_001.png: a source per class would make the audit warn that 'sources' hold a single class."""
+    for label in ("covid", "normal"):
+        for k in range(6):
+            tiny_png(tmp_path / label / f"{label}_{k:03d}.png", k)
+        tiny_png(tmp_path / label / f"nih_0000000{k}_000.png", 10 + k)
+    ds = discover_dataset(tmp_path)
+    by_name = {i.path.name: i for i in ds.items}
+    assert by_name["covid_001.png"].source is None and by_name["normal_001.png"].source is None
+    assert by_name["covid_001.png"].patient_id != by_name["normal_001.png"].patient_id
+    assert by_name["nih_00000005_000.png"].source == "nih"
+
+
 def messages(dataset, severity: str) -> str:
     return "\n".join(p.message for p in dataset.problems if p.severity == severity)
 

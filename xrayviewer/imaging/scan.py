@@ -273,6 +273,8 @@ def _assign_patients(dataset: Dataset, readable: list[tuple[Path, str]], patient
             patient, source, origin = row["patient_id"], row.get("source") or None, "manifest"
         else:
             patient, source, origin = patient_id_from_name(path, regex)
+            if source is not None and source.lower() == label.lower():
+                source = None      # covid/covid_001.png: the prefix is the class, not where the image came from
         origins[origin] += 1
         dataset.items.append(DatasetItem(path, label, patient, source))
     dataset.patient_id_origin = _overall_origin(origins)
