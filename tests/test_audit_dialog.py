@@ -127,6 +127,11 @@ def test_audit_dialog_runs_to_the_end_and_shows_summary_and_figures(qtbot, synth
     shown = {name for name, view in results.figures.items() if view._pixmap is not None}
     assert shown == {"masking.png", "mean_heatmaps.png", "lung_attention.png", "by_source.png"}  # manifest: sources
     assert all(results.tabs.isTabVisible(i) for i in range(results.tabs.count()))
+    # shown in the window's colours (transparent, light text), while the report's PNG files keep white for documents
+    import cv2
+
+    masking = runner.outcome.figures["masking.png"]
+    assert masking[0, 0, 3] == 0 and cv2.imread(str(out / "masking.png"))[0, 0].tolist() == [255, 255, 255]
 
     # a click opens the full-size PNG; "Open report folder" opens the folder (QDesktopServices, patched here)
     opened = _dark_theme_and_no_real_dialogs

@@ -79,7 +79,8 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 def run_audit(dataset_root: str | os.PathLike, classifier, segmenter, out_dir: str | os.PathLike,
               progress: Progress | None = None, cancel=None, limit: int | None = None,
-              seed: int = 0, only: Collection[str] | None = None) -> dict[str, Any]:
+              seed: int = 0, only: Collection[str] | None = None,
+              figures: dict[str, Any] | None = None) -> dict[str, Any]:
     """Audit `classifier` on the folder-per-class dataset at `dataset_root`; write the report into `out_dir`.
 
     `progress(event)` gets dicts {"kind": "stage"|"image", ...}; `cancel` (threading.Event) stops after the current
@@ -87,6 +88,7 @@ def run_audit(dataset_root: str | os.PathLike, classifier, segmenter, out_dir: s
     Returns the summary (also written as summary.json). Images the classifier has no class for still count for
     lung attention and heatmaps; accuracy/AUC use the images whose folder names a class of the model.
     `only`: audit just these files (paths relative to `dataset_root`, e.g. a model's validation split).
+    `figures`: if given, receives the report's matplotlib Figures by file name (a GUI draws them in its colours).
     """
     from xrayviewer.imaging import RadiographError, discover_dataset, read_radiograph
 
@@ -172,7 +174,7 @@ def run_audit(dataset_root: str | os.PathLike, classifier, segmenter, out_dir: s
                 "performance": performance([r for r in records if r["source"] == s])}
             for s in sources}
     summary["findings"] = findings(summary)
-    _write_report(out, summary, records, heat_sum, heat_n, mask_sum)
+    _write_report(out, summary, records, heat_sum, heat_n, mask_sum, figures)
     _emit(progress, kind="done", images=len(records))
     return summary
 
@@ -264,7 +266,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def _write_report(out: Path, summary: dict, records: list[dict], heat_sum: dict, heat_n: dict,
-                  mask_sum: np.ndarray) -> None:
+                  mask_sum: np.ndarray, figures_out: dict[str, Any] | None = None) -> None:
     from matplotlib.figure import Figure
 
     from xrayviewer.training.metrics import figure_png
@@ -326,6 +328,8 @@ def _write_report(out: Path, summary: dict, records: list[dict], heat_sum: dict,
 
     for name, fig in figures.items():
         (out / name).write_bytes(figure_png(fig))
+    if figures_out is not None:
+        figures_out.update(figures)
     _atomic_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
     _atomic_text(out / "summary.md", "# Shortcut audit\n\n" + summary_markdown(summary))
 

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QGridLayout, Q
                                QMessageBox, QProgressBar, QPushButton, QSpinBox, QTabWidget, QTextBrowser,
                                QVBoxLayout, QWidget)
 
-from xrayviewer.ui.training_dialog import FigureView, _duration, _fmt
+from xrayviewer.ui.training_dialog import FigureColours, FigureView, _duration, _fmt, _themed, render_figure
 from xrayviewer.ui.workers import LatestRequest, Worker, check_cancel, start_worker
 
 # Measured pace of the audit on a 2-core machine (read, lungs, Grad-CAM pass, two masked passes): 0.33 s an image
@@ -85,14 +85,21 @@ def classifier_from_training(result: Any, name: str = "new model (not saved)"):
     return Classifier(ModelBundle(Path(name), result.meta(name)), result.model)
 
 
-def read_outcome(out_dir: Path, summary: dict[str, Any]) -> AuditOutcome:
-    """summary.md and the PNG figures of a written report, decoded here so the GUI thread only makes pixmaps."""
+def read_outcome(out_dir: Path, summary: dict[str, Any], figures: dict[str, Any] | None = None,
+                 colours: FigureColours | None = None) -> AuditOutcome:
+    """summary.md and the figures of a written report as RGBA arrays, made here so the GUI thread only makes
+    pixmaps: the report's Figures drawn again in the window's colours when given (the PNG files keep matplotlib's
+    white, for documents), else the PNG files."""
     import cv2
 
     outcome = AuditOutcome(summary, Path(out_dir))
     md = outcome.out_dir / "summary.md"
     outcome.markdown = md.read_text(encoding="utf-8") if md.is_file() else ""
     for name, _title in FIGURES:
+        if figures and name in figures and colours is not None:
+            _themed(figures[name], colours)
+            outcome.figures[name] = render_figure(figures[name])
+            continue
         image = cv2.imread(str(outcome.out_dir / name), cv2.IMREAD_COLOR)
         if image is not None:
             outcome.figures[name] = cv2.cvtColor(image, cv2.COLOR_BGR2RGBA)
@@ -101,7 +108,8 @@ def read_outcome(out_dir: Path, summary: dict[str, Any]) -> AuditOutcome:
 
 def audit_job(dataset: Path, out_dir: Path, *, progress: Callable[[dict], None], cancel: threading.Event,
               classifier: Any = None, training_result: Any = None, segmenter: Any = None,
-              limit: int | None = None, only: Collection[str] | None = None) -> AuditOutcome:
+              limit: int | None = None, only: Collection[str] | None = None,
+              colours: FigureColours | None = None) -> AuditOutcome:
     """Build what is missing (the classifier of `training_result`, the shipped lung model), run the audit, read the
     report back. The outcome is also sent as a {"kind": "report"} progress event before returning,
     so a cancelled run (which the worker reports as aborted, without a return value) still shows its partial report.
@@ -118,9 +126,10 @@ def audit_job(dataset: Path, out_dir: Path, *, progress: Callable[[dict], None],
         progress({"kind": "stage", "text": "Loading the lung model…"})
         segmenter = LungSegmenter.load()
     check_cancel(cancel)
+    figures: dict[str, Any] = {}
     summary = run_audit(dataset, classifier, segmenter, out_dir, progress=progress, cancel=cancel, limit=limit,
-                        only=only)
-    outcome = read_outcome(Path(out_dir), summary)
+                        only=only, figures=figures)
+    outcome = read_outcome(Path(out_dir), summary, figures, colours)
     progress({"kind": "report", "outcome": outcome})
     return outcome
 
@@ -379,6 +388,7 @@ class AuditRunner(QWidget):
         self.open_button.setEnabled(False)
         self.start_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        job_kwargs.setdefault("colours", FigureColours.of(self))
         self.worker = Worker(audit_job, Path(dataset), Path(out_dir), tag="audit", **job_kwargs)
         sig = self.worker.signals
         sig.progress.connect(self._on_event)

@@ -176,6 +176,9 @@ def _themed(fig, colours: FigureColours | None, *, transparent: bool = True) -> 
         fig.patch.set_alpha(0.0)
     else:
         fig.patch.set_facecolor(colours.window)
+    suptitle = getattr(fig, "_suptitle", None)     # matplotlib keeps no public handle on it
+    if suptitle is not None:
+        suptitle.set_color(colours.text)
     for ax in fig.axes:
         ax.patch.set_alpha(0.0)
         for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
