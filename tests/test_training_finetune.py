@@ -41,8 +41,11 @@ def finetuned(disc_dataset, map_cache):
 
     events: list[dict] = []
     extractor = MapExtractor(input_size=SMALL, augmentation=Augmentation(), cache_root=map_cache)
-    result = FineTuneJob(disc_dataset, TrainingConfig(**FT_CONFIG), extractor=extractor).run(
-        progress=events.append, cancel=threading.Event())
+    # without early stopping: the fine-tuned weights are kept even where 2 epochs at the block's low rate do not beat
+    # the warm-up head on these easy discs (with it, that head and the unchanged block would be kept: tested below)
+    config = TrainingConfig(**{**FT_CONFIG, "early_stopping": False})
+    result = FineTuneJob(disc_dataset, config, extractor=extractor).run(progress=events.append,
+                                                                        cancel=threading.Event())
     return result, events, extractor
 
 
@@ -143,6 +146,27 @@ def test_second_run_reads_the_maps_from_the_disk_cache(disc_dataset, map_cache, 
     assert stored.dtype == np.float16 and stored.shape == (8, 8, 256)
 
 
+def test_fine_tuning_that_does_not_beat_the_warm_up_head_keeps_it_and_the_block(disc_dataset, map_cache):
+    """Early stopping counts the head on the frozen block as epoch 0: a fine-tuning run that only makes things worse
+    (here a learning rate of 1 for block and head) ends with the warm-up head and the unchanged pretrained block."""
+    from xrayviewer.training.maps import MapExtractor
+
+    events: list[dict] = []
+    extractor = MapExtractor(input_size=SMALL, augmentation=Augmentation(), cache_root=map_cache)
+    config = TrainingConfig(**{**FT_CONFIG, "learning_rate": 1.0, "block_lr_factor": 1.0, "epochs": 2,
+                               "early_stopping": True})
+    result = FineTuneJob(disc_dataset, config, extractor=extractor).run(progress=events.append)
+    logs = " ".join(e["text"] for e in events if e["kind"] == "log")
+    assert result.history["best_epoch"] == 0, logs
+    assert "no fine-tuned epoch beat the head on the frozen block" in logs
+    before = _base_weights(SMALL)
+    for name in BLOCK4 + FROZEN:
+        for old, new in zip(before[name], result.model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(old, new, err_msg=f"{name} changed")
+    warm_loss = result.finetune["warmup_val_loss"]
+    assert min(result.history["val_loss"]) >= warm_loss
+
+
 def test_head_only_runs_are_unchanged_by_the_option(disc_dataset):
     """The default path still trains the head alone and saves head weights (the option is off by default)."""
     result = FineTuneJob(disc_dataset, TrainingConfig(**{**FT_CONFIG, "finetune_last_block": False,
@@ -230,8 +254,9 @@ def test_finetune_on_a_small_real_subset(shared_data):
             seen[item.label] = seen.get(item.label, 0) + 1
     subset = dataclasses.replace(dataset, classes=classes, items=picked,
                                  problems=[p for p in dataset.problems if p.severity == "warning"])
+    # early stopping off: one epoch on 13 images need not beat the warm-up head, which would then be kept unchanged
     config = TrainingConfig(epochs=1, variants=1, val_fraction=0.25, seed=1, finetune_last_block=True,
-                            input_size=(128, 128))
+                            input_size=(128, 128), early_stopping=False)
     result = FineTuneJob(subset, config).run()
     assert result is not None and result.classes == classes
     assert result.finetune["trained_layers"] == list(BLOCK4)

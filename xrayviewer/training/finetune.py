@@ -18,7 +18,9 @@
    Batches are split
    into micro-batches of FINETUNE_MICRO_BATCH whose gradients are summed (exactly the batch's gradient), and the
    cancel event is checked between micro-batches: a cancel is honoured within one micro-batch (~0.3 s at 224x224).
-5. Early stopping on the validation loss keeps the best epoch's weights (block and head).
+5. Early stopping on the validation loss keeps the best epoch's weights (block and head), the warm-up counted as
+   epoch 0: when no fine-tuned epoch beats the head on the frozen block, that head and the unchanged block are kept
+   (history["best_epoch"] == 0), so the option never leaves a worse model than not using it.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ def _train(config, classes, labels, train_idx, val_idx, sources, *, read, emit, 
         layer.trainable = True
     try:
         history = _joint_epochs(cfg, tail, block_layers, train_maps, y_train, val_maps, y_val, len(classes),
-                                head_lr, block_lr, forward, emit=emit, cancel=cancel)
+                                head_lr, block_lr, forward, emit=emit, cancel=cancel, warm_loss=warm_loss)
     finally:
         for layer in block_layers:
             layer.trainable = False
@@ -243,7 +245,7 @@ def _optimizer(lr: float, weight_decay: float):
 
 
 def _joint_epochs(cfg, tail, block_layers, train_maps, y_train, val_maps, y_val, n_classes, head_lr, block_lr,
-                  forward, *, emit: Emit, cancel) -> dict[str, Any]:
+                  forward, *, emit: Emit, cancel, warm_loss: float = np.inf) -> dict[str, Any]:
     import tensorflow as tf
 
     block_vars = [v for layer in block_layers for v in layer.trainable_weights]
@@ -289,7 +291,8 @@ def _joint_epochs(cfg, tail, block_layers, train_maps, y_train, val_maps, y_val,
     n_train, variants = train_maps.shape[:2]
     batches = int(np.ceil(n_train / cfg.batch_size))
     history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
-    best = (np.inf, -1, None)          # (val loss, epoch index, weights)
+    # (val loss, epoch index, weights); the warm-up (index -1) is the one to beat
+    best = (warm_loss, -1, tail.get_weights() if cfg.early_stopping and np.isfinite(warm_loss) else None)
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
         epoch_started = time.perf_counter()
@@ -332,6 +335,10 @@ def _joint_epochs(cfg, tail, block_layers, train_maps, y_train, val_maps, y_val,
     if cfg.early_stopping and best[2] is not None:
         tail.set_weights(best[2])
         history["best_epoch"] = best[1] + 1
-        emit(kind="log", text=f"best validation loss at epoch {best[1] + 1} of {len(history['loss'])}; "
-                              "its weights are kept")
+        if best[1] < 0:
+            emit(kind="log", text=f"no fine-tuned epoch beat the head on the frozen block (validation loss "
+                                  f"{best[0]:.4f}): that head and the unchanged block are kept")
+        else:
+            emit(kind="log", text=f"best validation loss at epoch {best[1] + 1} of {len(history['loss'])}; "
+                                  "its weights are kept")
     return history
