@@ -485,6 +485,14 @@ def test_live_curves_are_drawn_off_the_gui_thread_and_follow_resizes(qtbot):
         training_dialog.render_figure = real_render
 
 
+def test_curves_say_when_the_head_before_fine_tuning_was_kept():
+    history = {"loss": [1.0, 0.9], "val_loss": [0.8, 0.9], "accuracy": [0.5, 0.6], "val_accuracy": [0.5, 0.5]}
+    fig, _image = training_dialog.render_live_curves(history, 0, None, (600, 300))
+    assert "kept: the head before fine-tuning (epoch 0)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    fig, _image = training_dialog.render_live_curves(history, None, None, (600, 300))
+    assert not any("kept" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
 def test_live_curves_take_the_window_colours(qtbot):
     """Drawn in the app's dark palette, the live plot is no white panel: background and text follow the window."""
     from matplotlib.colors import to_hex

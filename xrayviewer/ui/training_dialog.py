@@ -200,8 +200,10 @@ def _epoch_axes(fig, best_epoch: int | None = None) -> None:
 
     for ax in fig.axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if best_epoch:
-            ax.axvline(best_epoch, linestyle=":", color="grey", label=f"kept: epoch {best_epoch}")
+        if best_epoch is not None and best_epoch >= 0:
+            # 0: fine-tuning the last block never beat the head trained on the frozen block, which was kept
+            label = f"kept: epoch {best_epoch}" if best_epoch else "kept: the head before fine-tuning (epoch 0)"
+            ax.axvline(best_epoch, linestyle=":", color="grey", label=label)
             ax.legend(loc="best", fontsize=8)
 
 
