@@ -146,7 +146,7 @@ def test_second_run_reads_the_maps_from_the_disk_cache(disc_dataset, map_cache, 
     assert stored.dtype == np.float16 and stored.shape == (8, 8, 256)
 
 
-def test_fine_tuning_that_does_not_beat_the_warm_up_head_keeps_it_and_the_block(disc_dataset, map_cache):
+def test_fine_tuning_that_does_not_beat_the_warm_up_head_keeps_it_and_the_block(disc_dataset, map_cache, tmp_path):
     """Early stopping counts the head on the frozen block as epoch 0: a fine-tuning run that only makes things worse
     (here a learning rate of 1 for block and head) ends with the warm-up head and the unchanged pretrained block."""
     from xrayviewer.training.maps import MapExtractor
@@ -165,6 +165,18 @@ def test_fine_tuning_that_does_not_beat_the_warm_up_head_keeps_it_and_the_block(
             np.testing.assert_array_equal(old, new, err_msg=f"{name} changed")
     warm_loss = result.finetune["warmup_val_loss"]
     assert min(result.history["val_loss"]) >= warm_loss
+    # the block is the package's: the bundle is head-only again, and predicts as the trained model does
+    assert result.finetune["block_unchanged"] is True
+    bundle = result.save(tmp_path / "kept-warm-up")
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["weights"]["scope"] == "head"
+    from xrayviewer.model.bundle import load_bundle
+    from xrayviewer.model.classifier import Classifier
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, *SMALL, 3)).astype(np.float32)
+    expected = result.model.predict(x, verbose=0)
+    loaded = Classifier.load(load_bundle(bundle)).model.predict(x, verbose=0)
+    np.testing.assert_allclose(loaded, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_head_only_runs_are_unchanged_by_the_option(disc_dataset):
@@ -226,7 +238,7 @@ def test_cli_flag_fine_tunes_and_writes_a_full_weights_bundle(disc_dataset, tmp_
 
     out = tmp_path / "cli-ft"
     code = main(["train", str(disc_dataset), "--out", str(out), "--epochs", "1", "--variants", "1",
-                 "--val-fraction", "0.25", "--finetune-last-block"])
+                 "--val-fraction", "0.25", "--finetune-last-block", "--no-early-stopping"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Fine-tuning block4_conv1, block4_conv2, block4_conv3" in captured.err and "epoch 1/1" in captured.err

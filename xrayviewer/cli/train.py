@@ -31,6 +31,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--finetune-last-block", action="store_true",
                    help="also fine-tune the base's last conv block (block4 of the default base) at a lower learning "
                         "rate (--lr x 0.01); slower: the block runs on every training image of every epoch")
+    p.add_argument("--no-early-stopping", action="store_true",
+                   help="train every epoch and keep the last one (default: stop when the validation loss stops "
+                        "improving and keep the best epoch; with --finetune-last-block the head trained before "
+                        "fine-tuning counts as epoch 0)")
     p.add_argument("--name", help="model name shown in the app (default: the --out folder name)")
     return p
 
@@ -72,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {dataset} is not a folder (expected one sub-folder of images per class)", file=sys.stderr)
         return 1
     out = Path(args.out)
-    config = TrainingConfig(base_id=base, input_size=(args.input_size, args.input_size), epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+    config = TrainingConfig(base_id=base, input_size=(args.input_size, args.input_size), epochs=args.epochs,
+                            batch_size=args.batch_size, learning_rate=args.lr,
+                            early_stopping=not args.no_early_stopping,
                             val_fraction=args.val_fraction, seed=args.seed, class_weights=args.class_weights,
                             variants=args.variants, augmentation=None if args.no_augmentation else Augmentation(),
                             finetune_last_block=args.finetune_last_block, name=args.name or out.name)

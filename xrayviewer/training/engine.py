@@ -239,8 +239,10 @@ class TrainingResult:
                 extras["ood.npz"] = ood_file
             extras.update(extra_files or {})
             # A randomly initialised base cannot be rebuilt from a package, nor can a fine-tuned block: such
-            # bundles carry all weights (model.json weights.scope "full").
-            head_only = BASES[self.config.base_id].weights != "random" and not self.finetune
+            # bundles carry all weights (model.json weights.scope "full"). A fine-tuning run that kept the warm-up
+            # head left the block as the package has it.
+            block_changed = bool(self.finetune) and not self.finetune.get("block_unchanged", False)
+            head_only = BASES[self.config.base_id].weights != "random" and not block_changed
             return save_bundle(dest_dir, meta, self.model, head_only=head_only, extra_files=extras)
 
 

@@ -232,7 +232,8 @@ def _train(config, classes, labels, train_idx, val_idx, sources, *, read, emit, 
             "learning_rates": {"head": head_lr, "block": block_lr}, "block_lr_factor": float(cfg.block_lr_factor),
             "micro_batch": FINETUNE_MICRO_BATCH, "maps_dtype": np.dtype(extractor.dtype).name,
             "variants_per_epoch": "one of the variants per training image, drawn per epoch",
-            "warmup_val_accuracy": warm_accuracy, "warmup_val_loss": warm_loss}
+            "warmup_val_accuracy": warm_accuracy, "warmup_val_loss": warm_loss,
+            "block_unchanged": history.get("best_epoch") == 0}     # the warm-up was kept: the block is pretrained
     return LastBlockRun(model=model, head_model=head_model, history=history, val_logits=val_logits,
                         train_pooled=pooled_train, timings={"features": round(maps_seconds, 2),
                                                             "head": round(train_seconds, 2)}, info=info)
