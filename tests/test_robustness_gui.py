@@ -50,6 +50,12 @@ def loaded(tiny_bundle):
     return load_classifier(str(tiny_bundle))
 
 
+def test_loading_a_model_measures_this_machines_speed(loaded):
+    """The warm-up at load times one pass after the tracing one: the audit's estimate needs no image viewed first."""
+    seconds = loaded.classifier.seconds_per_analysis
+    assert seconds is not None and 0 < seconds < 30
+
+
 @pytest.fixture
 def window(main_window):
     return main_window
