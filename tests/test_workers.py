@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -145,3 +148,32 @@ def test_discarding_a_finished_worker_is_harmless(qtbot, pool):
     pool.waitForDone(10_000)           # the pool has deleted the C++ runnable: tryTake would raise
     discard(worker)
     assert receiver.returned == [9] and receiver.finished == [worker.id]
+
+
+LINGERING_WORK_SCRIPT = """
+import sys, time
+from PySide6.QtWidgets import QApplication
+from xrayviewer.ui.workers import Worker, cancel_all_and_wait, exit_now_if_work_lingers, start_worker
+app = QApplication([])
+worker = start_worker(Worker(time.sleep, float(sys.argv[1])))    # a step that does not look at its cancel event
+time.sleep(0.3)
+print("stopped in time:", cancel_all_and_wait(200), flush=True)
+exit_now_if_work_lingers(3)
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("seconds, lingers", [(0.0, False), (30.0, True)])
+def test_the_process_ends_at_once_when_a_worker_outlives_the_quit(tmp_path, seconds, lingers):
+    """A worker that cannot be interrupted (TensorFlow's import while a model loads) must not be under Python's
+    teardown: that crashed with SIGSEGV. The process ends with the app's code, without waiting for the worker."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", LINGERING_WORK_SCRIPT, str(seconds)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    if lingers:
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "stopped in time: False" in proc.stdout and "returned" not in proc.stdout
+        assert time.perf_counter() - started < 20     # did not wait for the 30 s step
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "stopped in time: True" in proc.stdout and "returned" in proc.stdout

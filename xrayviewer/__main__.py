@@ -8,7 +8,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from xrayviewer.cli import main as cli_main
 
-    return cli_main(argv)
+    code = cli_main(argv)
+    workers = sys.modules.get("xrayviewer.ui.workers")    # imported only when the window ran
+    if workers is not None:
+        workers.exit_now_if_work_lingers(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -296,3 +296,14 @@ def cancel_all_and_wait(timeout_ms: int = 3000) -> bool:
             pools[id(pool)] = pool
         discard(w)
     return all([pool.waitForDone(timeout_ms) for pool in pools.values()])
+
+
+def exit_now_if_work_lingers(code: int) -> None:
+    """At the very end of the app: when a worker outlived `cancel_all_and_wait` (a step that cannot be interrupted,
+    such as importing TensorFlow while a model loads), end the process here with `code`. Python's teardown with
+    such a thread still running crashed the process (SIGSEGV at exit: the window closed or `--screenshot` failed
+    while the model was still loading on a busy machine). Settings were saved by then; only the teardown is skipped."""
+    if active_workers():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
