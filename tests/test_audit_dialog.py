@@ -14,7 +14,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QMenu, QMessageBox, QWidget
 from test_audit import segmenter, synthetic  # noqa: F401 - module-scoped fixtures: one tiny model, one lung model
-from test_training_dialog import GUI_BLOCK_LIMIT_S, Heartbeat
+from test_training_dialog import GUI_BLOCK_LIMIT_S
+from ui_fakes import Heartbeat
 
 from xrayviewer.model import audit as audit_core
 from xrayviewer.paths import DEFAULT_MODEL_DIR

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QMenu, QMessageBox, QWidget
+from ui_fakes import Heartbeat
 
 from xrayviewer.model.bundle import load_bundle, save_bundle
 from xrayviewer.paths import user_models_dir
@@ -88,24 +88,6 @@ class FakeWindow(QWidget):
 
     def use_model(self, path) -> None:
         self.used.append(Path(path))
-
-
-class Heartbeat(QObject):
-    """Ticks every 10 ms on the GUI thread and records the longest gap: how long the GUI thread was blocked."""
-
-    def __init__(self):
-        super().__init__()
-        self.longest = 0.0
-        self._last = time.perf_counter()
-        self.timer = QTimer(self)
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.timer.start()
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.longest = max(self.longest, now - self._last)
-        self._last = now
 
 
 def _open(qtbot, window=None) -> TrainingDialog:

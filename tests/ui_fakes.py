@@ -12,11 +12,35 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PySide6.QtCore import QObject, QTimer
 
 from xrayviewer.model.classifier import Analysis
 from xrayviewer.model.explain import Explanation, upsample_cam
 
 CLASSES = ["covid", "normal", "pneumonia"]
+
+
+class Heartbeat(QObject):
+    """Ticks every 10 ms on the GUI thread and records the gaps between ticks (seconds): the longest is how long
+    the GUI thread was blocked."""
+
+    def __init__(self):
+        super().__init__()
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+        self.timer = QTimer(self)
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    @property
+    def longest(self) -> float:
+        return max(self.gaps, default=0.0)
 
 
 class FakeBundle:
