@@ -22,7 +22,8 @@ from PySide6.QtWidgets import (QDialog, QFileDialog, QFormLayout, QGridLayout, Q
                                QMessageBox, QProgressBar, QPushButton, QSpinBox, QTabWidget, QTextBrowser,
                                QVBoxLayout, QWidget)
 
-from xrayviewer.ui.training_dialog import FigureColours, FigureView, _duration, _fmt, _themed, render_figure
+from xrayviewer.ui.figures import FigureColours, FigureView, render_figure, theme_figure
+from xrayviewer.ui.formatting import format_duration, format_number
 from xrayviewer.ui.workers import LatestRequest, Worker, check_cancel, start_worker
 
 # Measured pace of the audit on a 2-core machine (read, lungs, Grad-CAM pass, two masked passes): 0.33 s an image
@@ -97,7 +98,7 @@ def read_outcome(out_dir: Path, summary: dict[str, Any], figures: dict[str, Any]
     outcome.markdown = md.read_text(encoding="utf-8") if md.is_file() else ""
     for name, _title in FIGURES:
         if figures and name in figures and colours is not None:
-            _themed(figures[name], colours)
+            theme_figure(figures[name], colours)
             outcome.figures[name] = render_figure(figures[name])
             continue
         image = cv2.imread(str(outcome.out_dir / name), cv2.IMREAD_COLOR)
@@ -151,7 +152,7 @@ def estimate_text(images: int, loading: bool = False, input_size: tuple[int, int
     rows, cols = input_size or (224, 224)
     per_image = (SECONDS_PER_IMAGE + SECONDS_PER_IMAGE_PER_224_SQUARE * rows * cols / 224 ** 2) * slowness
     seconds = images * per_image + (MODEL_LOAD_SECONDS if loading else 0)
-    return f"{images} image{'s' if images != 1 else ''}: about {_duration(seconds)}"
+    return f"{images} image{'s' if images != 1 else ''}: about {format_duration(seconds)}"
 
 
 def _pct(value: Any) -> str:
@@ -172,16 +173,16 @@ def verdict(summary: dict[str, Any]) -> tuple[str, str]:
         return "info", text
     if removed >= SHORTCUT_AUC:
         return "warning", (f"The model still scores well with the lungs blacked out (macro AUC {removed:.3f}, "
-                           f"{_fmt(as_is, 3)} as is): it may be reading shortcuts outside the lungs — the hospital, "
+                           f"{format_number(as_is, 3)} as is): it may be reading shortcuts outside the lungs — the hospital, "
                            "age, markers or borders — rather than the disease.")
     if removed >= CHANCE_LEVEL_AUC:
         return "warning" if mostly_outside else "info", (
-            f"Some signal remains with the lungs blacked out (macro AUC {removed:.3f}, {_fmt(as_is, 3)} as is): "
+            f"Some signal remains with the lungs blacked out (macro AUC {removed:.3f}, {format_number(as_is, 3)} as is): "
             "check the mean heatmaps for attention on corners, labels and borders.")
     if mostly_outside:
         return "warning", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}), yet "
                            f"{outside:.0%} of the images have most of the attention outside the lungs.")
-    return "ok", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}, {_fmt(as_is, 3)} "
+    return "ok", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}, {format_number(as_is, 3)} "
                   "as is): it needs what is inside the lungs.")
 
 
@@ -310,7 +311,7 @@ class AuditResultsView(QWidget):
         for key, _text in self.HEADLINE_ROWS:
             perf = s["performance"][key]
             for metric in ("accuracy", "macro_auc"):
-                self.cells[(key, metric)].setText(_fmt(perf.get(metric)))
+                self.cells[(key, metric)].setText(format_number(perf.get(metric)))
         self._set_verdict(*verdict(s))
         self.summary_browser.setMarkdown(outcome.markdown)
         self.summary_browser.setSearchPaths([str(outcome.out_dir)])
@@ -438,7 +439,7 @@ class AuditRunner(QWidget):
             if self._pace is None:
                 self._pace = (now, done)
             started, done_then = self._pace
-            left = (f" — about {_duration((now - started) / (done - done_then) * (total - done))} left"
+            left = (f" — about {format_duration((now - started) / (done - done_then) * (total - done))} left"
                     if done > done_then else "")
             if not self.worker or not self.worker.is_cancelled:
                 self.status.setText(f"Auditing {done + 1} / {total}: {_short(event.get('path', ''))}{left}")
@@ -452,7 +453,7 @@ class AuditRunner(QWidget):
     def _on_returned(self, outcome: AuditOutcome) -> None:
         s = outcome.summary
         failed = f"; {len(s['failed'])} unreadable (named in summary.json)" if s.get("failed") else ""
-        self._end("done", f"Finished: {s['images']} images in {_duration(s.get('seconds') or 0)}{failed}. "
+        self._end("done", f"Finished: {s['images']} images in {format_duration(s.get('seconds') or 0)}{failed}. "
                           f"Report: {outcome.out_dir}")
 
     def _on_aborted(self, _worker_id: Any) -> None:

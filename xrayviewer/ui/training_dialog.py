@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QPalette, QPixmap
+from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -49,7 +49,9 @@ from PySide6.QtWidgets import (
 )
 
 from xrayviewer.ui.colours import ERROR_TEXT
-from xrayviewer.ui.image_view import pixmap_gray, pixmap_rgba
+from xrayviewer.ui.figures import FigureColours, FigureView, render_figure, theme_figure
+from xrayviewer.ui.formatting import format_duration, format_number
+from xrayviewer.ui.image_view import pixmap_gray
 from xrayviewer.ui.workers import Cancelled, Worker, check_cancel, start_worker
 
 THUMBS_PER_CLASS = 4
@@ -140,60 +142,6 @@ class ModelReport:
     error: str = ""
 
 
-def render_figure(fig) -> np.ndarray:
-    """A matplotlib Figure drawn off-screen to an RGBA array (so the GUI thread only shows a pixmap)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba()).copy()
-
-
-@dataclass(frozen=True)
-class FigureColours:
-    """The window's colours, for figures shown in the dialog: drawn on a transparent background, they sit in
-    the theme (the app's is dark) instead of as white panels. Figures saved to files keep matplotlib's defaults."""
-
-    text: str
-    muted: str
-    window: str
-
-    @classmethod
-    def of(cls, widget: QWidget) -> FigureColours:
-        palette = widget.palette()
-        return cls(palette.color(QPalette.ColorRole.WindowText).name(),
-                   palette.color(QPalette.ColorRole.PlaceholderText).name(),
-                   palette.color(QPalette.ColorRole.Window).name())
-
-
-def _themed(fig, colours: FigureColours | None, *, transparent: bool = True) -> None:
-    """Titles, labels, ticks, frames and legends in the window's colours (data colours stay), on a transparent
-    background, or on the window's colour where the figure is drawn straight on a canvas widget (which paints
-    transparency white)."""
-    if colours is None:
-        return
-    if transparent:
-        fig.patch.set_alpha(0.0)
-    else:
-        fig.patch.set_facecolor(colours.window)
-    suptitle = getattr(fig, "_suptitle", None)     # matplotlib keeps no public handle on it
-    if suptitle is not None:
-        suptitle.set_color(colours.text)
-    for ax in fig.axes:
-        ax.patch.set_alpha(0.0)
-        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
-            text.set_color(colours.text)
-        ax.tick_params(which="both", colors=colours.text)
-        for spine in ax.spines.values():
-            spine.set_edgecolor(colours.muted)
-        legend = ax.get_legend()
-        if legend is not None:
-            legend.get_frame().set_facecolor(colours.window)
-            legend.get_frame().set_edgecolor(colours.muted)
-            for text in legend.get_texts():
-                text.set_color(colours.text)
-
-
 def _epoch_axes(fig, best_epoch: int | None = None) -> None:
     """Epoch axes show whole epochs only, and the kept (best) epoch when early stopping chose one."""
     from matplotlib.ticker import MaxNLocator
@@ -222,7 +170,7 @@ def _model_figures(metrics: dict, *, history: dict | None = None, uncalibrated: 
         figures["curves"] = m.training_curves_figure(history)
         _epoch_axes(figures["curves"], history.get("best_epoch"))
     for fig in figures.values():
-        _themed(fig, colours)
+        theme_figure(fig, colours)
     return {name: render_figure(fig) for name, fig in figures.items()}
 
 
@@ -233,8 +181,8 @@ def build_reports(result: Any, active_bundle: Path | None, *, cancel: threading.
                       figures=_model_figures(result.metrics, history=result.history,
                                              uncalibrated=result.metrics_uncalibrated,
                                              temperature=result.temperature, colours=colours),
-                      calibration=(f"ECE {_fmt(result.metrics_uncalibrated.get('ece'))} → "
-                                   f"{_fmt(result.metrics.get('ece'))} after temperature scaling "
+                      calibration=(f"ECE {format_number(result.metrics_uncalibrated.get('ece'))} → "
+                                   f"{format_number(result.metrics.get('ece'))} after temperature scaling "
                                    f"(T = {result.temperature:.2f}, fitted on the validation split)"))
     if active_bundle is None:
         return new, None
@@ -251,7 +199,7 @@ def build_reports(result: Any, active_bundle: Path | None, *, cancel: threading.
             raise Cancelled()
         active.metrics = metrics
         active.figures = _model_figures(metrics, colours=colours)
-        active.calibration = (f"ECE {_fmt(metrics.get('ece'))} with the model's own temperature "
+        active.calibration = (f"ECE {format_number(metrics.get('ece'))} with the model's own temperature "
                               f"(T = {bundle.temperature:.2f})")
         validation = result.validation.get("sha256", [])
         seen = _trained_on(bundle, validation)
@@ -289,38 +237,7 @@ def save_result(result: Any, name: str, dest: Path) -> Path:
     return Path(result.save(dest, name=name))
 
 
-# ---------------------------------------------------------------- small widgets
-
-class FigureView(QLabel):
-    """Shows a rendered figure, scaled to fit while keeping its aspect ratio."""
-
-    def __init__(self, placeholder: str = "", parent: QWidget | None = None):
-        super().__init__(placeholder, parent)
-        self._pixmap: QPixmap | None = None
-        self.setAlignment(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop)
-        self.setMinimumSize(240, 180)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setWordWrap(True)
-
-    def set_image(self, image: np.ndarray) -> None:
-        """image: RGBA uint8 (h, w, 4), as render_figure and the audit's figure reader give."""
-        self._pixmap = pixmap_rgba(image)
-        self._rescale()
-
-    def clear_image(self, text: str = "") -> None:
-        self._pixmap = None
-        self.clear()
-        self.setText(text)
-
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        self._rescale()
-
-    def _rescale(self) -> None:
-        if self._pixmap is not None:
-            self.setPixmap(self._pixmap.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
-                                               Qt.TransformationMode.SmoothTransformation))
-
+# ---------------------------------------------------------------- live curves
 
 def render_live_curves(history: dict[str, list[float]], best_epoch: int | None, colours: FigureColours | None,
                        size: tuple[int, int]) -> tuple[Any, np.ndarray]:
@@ -333,7 +250,7 @@ def render_live_curves(history: dict[str, list[float]], best_epoch: int | None, 
     fig = Figure(figsize=(width / 100, height / 100), dpi=100, layout="constrained")
     training_curves_figure(history, title="Loss and accuracy per epoch", fig=fig)
     _epoch_axes(fig, best_epoch)
-    _themed(fig, colours, transparent=False)
+    theme_figure(fig, colours, transparent=False)
     return fig, render_figure(fig)
 
 
@@ -789,8 +706,8 @@ class SettingsPage(QWidget):
             n_val = max(1, round(n_images * self.val_fraction.value()))
             size = int(self.input_size.currentData())
             per_epoch = estimated_epoch_seconds(n_images - n_val, (size, size))
-            text += (f" About {_duration(per_epoch)} per epoch for about {n_images - n_val} training images, up to "
-                     f"{_duration(per_epoch * self.epochs.value())} for {self.epochs.value()} epochs "
+            text += (f" About {format_duration(per_epoch)} per epoch for about {n_images - n_val} training images, up to "
+                     f"{format_duration(per_epoch * self.epochs.value())} for {self.epochs.value()} epochs "
                      "(early stopping may end sooner).")
         self.finetune_hint.setText(text)
 
@@ -956,7 +873,7 @@ class TrainingPage(QWidget):
             started, done_then = self._features_started
             if done > done_then and total > done:   # time left from this run's own pace
                 eta = (now - started) / (done - done_then) * (total - done)
-                self.eta_label.setText(f"base features: about {_duration(eta)} left")
+                self.eta_label.setText(f"base features: about {format_duration(eta)} left")
         elif kind == "batch":
             self.bar.setFormat("batch %v / %m")
             self.bar.setRange(0, int(event.get("batches", 0)))
@@ -965,7 +882,7 @@ class TrainingPage(QWidget):
             self._planned_epochs = int(event.get("epochs") or 0)
             self.epoch_label.setText(f"Epoch {event['epoch']} / {event.get('epochs', '?')}")
             eta = event.get("eta_seconds")
-            self.eta_label.setText("" if eta is None else f"about {_duration(eta)} left")
+            self.eta_label.setText("" if eta is None else f"about {format_duration(eta)} left")
             self.curves.add_epoch(event)
             self.append_log(_epoch_line(event))
         elif kind == "log":
@@ -982,31 +899,10 @@ class TrainingPage(QWidget):
             self.log.appendPlainText(text)
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return "–" if value != value else f"{value:.{digits}f}"
-
-
 def _epoch_line(event: dict) -> str:
     parts = [f"epoch {event['epoch']}/{event.get('epochs', '?')}",
-             f"loss {_fmt(event.get('loss'))}", f"acc {_fmt(event.get('acc'))}",
-             f"val_loss {_fmt(event.get('val_loss'))}", f"val_acc {_fmt(event.get('val_accuracy'))}"]
+             f"loss {format_number(event.get('loss'))}", f"acc {format_number(event.get('acc'))}",
+             f"val_loss {format_number(event.get('val_loss'))}", f"val_acc {format_number(event.get('val_accuracy'))}"]
     if event.get("seconds") is not None:
         parts.append(f"{float(event['seconds']):.1f} s")
     return "  ".join(parts)
@@ -1068,7 +964,7 @@ class ModelColumn(QWidget):
         for row, (label, values) in enumerate(per_class.items()):
             for col, (key, _title, _tip) in enumerate(PER_CLASS_COLUMNS):
                 value = values.get(key)
-                text = str(int(value)) if key == "support" and value is not None else _fmt(value)
+                text = str(int(value)) if key == "support" and value is not None else format_number(value)
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, item)
@@ -1088,14 +984,14 @@ class ModelColumn(QWidget):
 def summary_text(m: dict) -> str:
     """Accuracy, balanced accuracy, macro F1 / AUC in one line a person reads at a glance."""
     parts = [f"{int(m['n'])} validation images"] if m.get("n") is not None else []
-    parts.append(f"accuracy {_fmt(m.get('accuracy'))}")
+    parts.append(f"accuracy {format_number(m.get('accuracy'))}")
     if m.get("balanced_accuracy") is not None:
-        parts.append(f"balanced accuracy {_fmt(m['balanced_accuracy'])}")
+        parts.append(f"balanced accuracy {format_number(m['balanced_accuracy'])}")
     f1s = [v["f1"] for v in m.get("per_class", {}).values() if v.get("f1") is not None]
     if f1s:
-        parts.append(f"macro F1 {_fmt(sum(f1s) / len(f1s))}")
+        parts.append(f"macro F1 {format_number(sum(f1s) / len(f1s))}")
     if m.get("macro_auc") is not None:
-        parts.append(f"macro AUC {_fmt(m['macro_auc'])}")
+        parts.append(f"macro AUC {format_number(m['macro_auc'])}")
     return " · ".join(parts)
 
 
