@@ -137,6 +137,15 @@ TRIED_NOT_SHIPPED = [
     "- An auxiliary loss on the shipped features: binary cross-entropy on logit(covid) - logit(pneumonia) for "
     "ieee8023 images and on logit(pneumonia) - logit(normal) for NIH images, beside the 3-class loss, weight 1 or 3: "
     "0.985 / 0.892 / 0.736 and 0.983 / 0.891 / 0.740 against 0.987 / 0.890 / 0.733 without it (same training loop).",
+    "- A head with one decision per comparison: p(abnormal) from the 336 GAP features, then p(covid | abnormal) "
+    "trained on the covid and pneumonia images, so the ieee8023 ranking is that second model's alone; p = (abnormal "
+    "x covid, 1 - abnormal, abnormal x (1 - covid)). Logistic regressions per stage on the 336 GAP features for both: "
+    "ieee8023 0.56-0.73 over 18 settings, no gain. With the second stage on lung-field features (the mean of 224 "
+    "block4_conv3 inside the lung mask, alone or beside 224 GAP), the best of 12 logistic settings reached 0.981 / "
+    "0.892 / 0.788 (fold seeds 0.761-0.822), the first mixture near all three floors, but chosen among 12 on these "
+    "images; the recipe's Dense 64 head per stage (variant 0) gives 0.981 / 0.875 / 0.733 (and 0.976 / 0.863 / "
+    "0.692 on the lung mean alone) against 0.977 / 0.882 / 0.700 for the shipped head on variant 0. Shipping it would put the lung segmenter and a second 224 pass into every "
+    "prediction and split Grad-CAM across two grids; not done for a gain inside the fold noise.",
 ]
 
 
