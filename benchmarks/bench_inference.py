@@ -102,10 +102,11 @@ def run(quick: bool, model_dir: str | None) -> dict:
         classifier.explain(radiograph, method, 0)  # builds the tf-keras-vis object once
         explained[method] = [_timed(lambda: classifier.explain(radiograph, method, 0)) for _ in range(slow_repeats)]
     reference = Gradcam(classifier._explainers.logits_model, clone=False)
-    layer = classifier.bundle.gradcam_layer
-    reference(CategoricalScore([0]), x1, penultimate_layer=layer, expand_cam=False)
+    layers = classifier.bundle.gradcam_layers      # two for a two-scale model: the reference computes both
+    for layer in layers:
+        reference(CategoricalScore([0]), x1, penultimate_layer=layer, expand_cam=False)
     tkv_all = [_timed(lambda: [reference(CategoricalScore([c]), x1, penultimate_layer=layer, expand_cam=False)
-                               for c in range(n_classes)]) for _ in range(slow_repeats)]
+                               for c in range(n_classes) for layer in layers]) for _ in range(slow_repeats)]
 
     throughput = {}
     for batch in (8, 16):
@@ -135,7 +136,7 @@ def run(quick: bool, model_dir: str | None) -> dict:
         label = "prediction" if kind == "predict" else "prediction + all-class Grad-CAM"
         figures.append(_figure(f"throughput, {label}, batch {batch}", samples, "images/s"))
     return {"figures": figures, "config": {"model": model_name, "image": image_name, "input_size": [rows, cols],
-                                           "gradcam_layer": layer, "quick": quick}}
+                                           "gradcam_layers": layers, "quick": quick}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,11 @@ class ModelBundle:
         return str(self.meta["gradcam_layer"])
 
     @property
+    def gradcam_layers(self) -> list[str]:
+        """The Grad-CAM layer, then any more whose maps are added to it (a two-scale model reads two grids)."""
+        return [self.gradcam_layer, *(str(n) for n in self.meta.get("gradcam_extra_layers") or [])]
+
+    @property
     def temperature(self) -> float:
         return float(self.meta.get("temperature") or 1.0)
 
@@ -96,8 +101,16 @@ class ModelBundle:
     def build_keras_model(self):
         """The flat classifier (image -> probabilities) with this bundle's weights."""
         from xrayviewer.model.architecture import build_classifier, build_head_model, copy_head_weights
+        from xrayviewer.model.lungs import LungModelError
+        from xrayviewer.model.two_scale import build_two_scale_classifier, copy_stages, is_two_stage, stage_model
 
         try:
+            if is_two_stage(self.head):
+                model = build_two_scale_classifier(self.classes, self.head, self.input_size)
+                stages = stage_model()
+                stages.load_weights(str(self.weights_path))
+                copy_stages(stages, model)
+                return model
             model = build_classifier(self.base_id, len(self.classes), self.head, self.input_size)
             if self.weights_scope == "full":
                 model.load_weights(str(self.weights_path))
@@ -106,6 +119,8 @@ class ModelBundle:
                 head = build_head_model(feature_dim, len(self.classes), self.head)
                 head.load_weights(str(self.weights_path))
                 copy_head_weights(head, model)
+        except LungModelError as err:
+            raise BundleError(f"model '{self.name}' looks inside the lungs and needs the lung model: {err}") from err
         except BundleError:
             raise
         except Exception as err:  # keras raises ValueError/OSError with internal detail
@@ -148,12 +163,27 @@ def _validate(path: Path, meta: Any) -> None:
         raise _refuse(path, f"{MODEL_JSON} has an invalid temperature {temperature!r}")
     if not isinstance(meta.get("gradcam_layer"), str):
         raise _refuse(path, f"{MODEL_JSON} names no gradcam_layer")
+    extra = meta.get("gradcam_extra_layers", [])
+    if not (isinstance(extra, list) and all(isinstance(n, str) for n in extra)):
+        raise _refuse(path, f"{MODEL_JSON} has an invalid gradcam_extra_layers {extra!r}")
+    head = meta.get("head") or {}
+    if isinstance(head, dict) and head.get("kind") not in (None, "dense"):
+        from xrayviewer.model.two_scale import TWO_STAGE_KIND, class_order
+
+        if head.get("kind") != TWO_STAGE_KIND:
+            raise _refuse(path, f"it has a head of kind {head.get('kind')!r}, which this version does not know")
+        try:
+            class_order(classes, head)
+        except (KeyError, ValueError) as err:
+            raise _refuse(path, f"its two-stage head does not fit its classes ({err})") from None
 
     weights = meta.get("weights")
     if not isinstance(weights, dict) or not isinstance(weights.get("file"), str):
         raise _refuse(path, f"{MODEL_JSON} names no weights file")
     if weights.get("scope", "head") not in ("head", "full"):
         raise _refuse(path, f"unknown weights scope {weights.get('scope')!r}")
+    if isinstance(head, dict) and head.get("kind") not in (None, "dense") and weights.get("scope", "head") != "head":
+        raise _refuse(path, "a two-stage model stores its stage weights only (scope 'head')")
     _check_file(path, weights["file"], weights.get("sha256"), "weights file")
     ood = meta.get("ood")
     if ood:
@@ -292,6 +322,12 @@ def list_bundles(*dirs: str | os.PathLike) -> list[ModelBundle]:
 
 # ---------------------------------------------------------------------------------------------------------- saving
 
+def _is_two_stage_model(model) -> bool:
+    from xrayviewer.model.two_scale import STAGE_LAYERS
+
+    return all(any(layer.name == name for layer in model.layers) for name in STAGE_LAYERS)
+
+
 def _head_config(model) -> dict[str, Any]:
     """Read the head recipe back from a flat classifier, so model.json always matches the weights."""
     import keras
@@ -329,11 +365,16 @@ def _write_weights(model, folder: Path, head_only: bool) -> tuple[str, str]:
     """Write the weights file into `folder`; return (file name, scope)."""
     from xrayviewer.model.architecture import HEAD_LAYERS, build_head_model
 
+    if _is_two_stage_model(model):
+        from xrayviewer.model.two_scale import stage_model
+
+        stage_model(model).save_weights(str(folder / HEAD_WEIGHTS))   # base, branch and U-Net come from packages
+        return HEAD_WEIGHTS, "head"
     if not head_only:
         model.save_weights(str(folder / FULL_WEIGHTS))
         return FULL_WEIGHTS, "full"
     feature_dim = int(model.get_layer("head_pool").output.shape[-1])
-    n_classes = int(model.get_layer("head_logits").units)
+    n_classes = int(model.output_shape[-1])
     head = build_head_model(feature_dim, n_classes, _head_config(model))
     for name in HEAD_LAYERS:
         try:
@@ -373,12 +414,19 @@ def _complete_meta(meta: Mapping[str, Any], model, dest: Path) -> dict[str, Any]
     out.setdefault("name", dest.name)
     out.setdefault("version", "1")
     out.setdefault("classes", None)
-    n_classes = int(model.get_layer("head_logits").units)
+    n_classes = int(model.output_shape[-1])
     if not out["classes"] or len(out["classes"]) != n_classes:
         raise BundleError(f"meta['classes'] must name the model's {n_classes} classes (got {out['classes']!r})")
     out["input_size"] = [int(v) for v in model.input_shape[1:3]]
     out.setdefault("preprocessing", PREPROCESSING_ID)
-    out["head"] = _head_config(model)
+    if _is_two_stage_model(model):
+        from xrayviewer.model.two_scale import EXTRA_GRADCAM_LAYER, is_two_stage
+
+        if not is_two_stage(out.get("head")):
+            raise BundleError("a two-stage model needs its head description in meta['head'] (two_scale.make_head)")
+        out.setdefault("gradcam_extra_layers", [EXTRA_GRADCAM_LAYER])
+    else:
+        out["head"] = _head_config(model)
     out.setdefault("gradcam_layer", spec.gradcam_layer)
     out.setdefault("temperature", 1.0)
     out.setdefault("ood", None)

@@ -68,22 +68,24 @@ class Classifier:
         self.input_size = bundle.input_size
         self.temperature = float(bundle.temperature)
         self._lock = threading.Lock()
-        try:
-            conv = model.get_layer(bundle.gradcam_layer).output
-        except ValueError as err:
-            raise BundleError(f"model '{bundle.name}': its Grad-CAM layer {bundle.gradcam_layer!r} is not in the "
-                              "model") from err
+        convs = []
+        for name in bundle.gradcam_layers:
+            try:
+                convs.append(model.get_layer(name).output)
+            except ValueError as err:
+                raise BundleError(f"model '{bundle.name}': its Grad-CAM layer {name!r} is not in the model") from err
         import keras
 
-        # One model, three outputs: the conv activations Grad-CAM reads, the logits, the pooled features.
-        self._taps = keras.Model(model.inputs, [conv, model.get_layer("head_logits").output,
+        # One model, these outputs: the conv activations Grad-CAM reads (one grid, or two for a two-scale model),
+        # the logits, the pooled features.
+        self._taps = keras.Model(model.inputs, [*convs, model.get_layer("head_logits").output,
                                                 model.get_layer("head_pool").output], name="taps")
         rows, cols = self.input_size
         signature = [tf.TensorSpec([None, rows, cols, 3], tf.float32)]
         self._forward_fn = tf.function(self._forward, input_signature=signature, reduce_retracing=False)
         self._analyze_fn = tf.function(self._analyze, input_signature=signature, reduce_retracing=False)
         self._ood = self._load_ood()
-        self._explainers = TfKerasVisExplainers(model, bundle.gradcam_layer, scorecam_max_n=scorecam_max_n)
+        self._explainers = TfKerasVisExplainers(model, bundle.gradcam_layers, scorecam_max_n=scorecam_max_n)
         self._last: tuple[Radiograph, Analysis] | None = None
         self._pass_seconds: deque[float] = deque(maxlen=9)   # per image, the compiled pass with Grad-CAM
         self._traced = False
@@ -117,7 +119,7 @@ class Classifier:
         return tf.nn.softmax(logits / self.temperature, axis=-1)
 
     def _forward(self, images):
-        _conv, logits, pooled = self._taps(images, training=False)
+        *_convs, logits, pooled = self._taps(images, training=False)
         return self._probabilities(logits), logits, pooled
 
     def _analyze(self, images):
@@ -125,14 +127,21 @@ class Classifier:
 
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
             tape.watch(images)  # frozen base: without this the conv output is not on the tape
-            conv, logits, pooled = self._taps(images, training=False)
+            *convs, logits, pooled = self._taps(images, training=False)
             # Summing over the batch keeps per-image gradients apart (images do not interact).
             class_scores = [tf.reduce_sum(logits[:, c]) for c in range(len(self.classes))]
+        grid = tf.shape(convs[0])[1:3]
         cams = []
         for score in class_scores:
-            grads = tape.gradient(score, conv)                      # (n, h, w, k), through the head only
-            weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
-            cams.append(tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)))   # (n, h, w)
+            cam = None
+            for conv in convs:
+                grads = tape.gradient(score, conv)                  # (n, h, w, k), through the head only
+                weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
+                layer_cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))    # (n, h, w)
+                if cam is not None:     # a second grid (two-scale model): bilinear onto the first, then added
+                    layer_cam = tf.image.resize(layer_cam[..., None], grid, method="bilinear")[..., 0]
+                cam = layer_cam if cam is None else cam + layer_cam
+            cams.append(cam)
         del tape
         return self._probabilities(logits), logits, pooled, tf.stack(cams, axis=1)   # cams (n, C, h, w)
 
@@ -213,7 +222,7 @@ class Classifier:
                 probs.append(p.numpy())
                 feats.append(f.numpy())
         if not probs:
-            n_features = int(self._taps.outputs[2].shape[-1])
+            n_features = int(self._taps.outputs[-1].shape[-1])
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, n_features), np.float32)
         return np.concatenate(probs), np.concatenate(feats)
 

@@ -15,6 +15,17 @@ METHODS = ("gradcam", "gradcam++", "scorecam")
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
 
 
+def add_maps(maps: list[np.ndarray]) -> np.ndarray:
+    """Maps of several conv grids -> one map on the first grid: the others resized bilinearly onto it, then added
+    (as the classifier's compiled pass does; cv2 and tf.image.resize both align pixel centres)."""
+    first = np.asarray(maps[0], np.float32)
+    total = first.copy()
+    for cam in maps[1:]:
+        total += cv2.resize(np.asarray(cam, np.float32), (first.shape[1], first.shape[0]),
+                            interpolation=cv2.INTER_LINEAR)
+    return total
+
+
 def upsample_cam(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Conv-grid map (h, w) -> float32 (rows, cols) in 0..1 over the original image.
 
@@ -49,12 +60,14 @@ class TfKerasVisExplainers:
     output itself, so logits are also what it expects. Layers are named, never passed as objects.
     """
 
-    def __init__(self, model, gradcam_layer: str, scorecam_max_n: int = 10, scorecam_batch_size: int = 16):
+    def __init__(self, model, gradcam_layers: str | list[str], scorecam_max_n: int = 10,
+                 scorecam_batch_size: int = 16):
         import keras
 
         self.model = model
         self.logits_model = keras.Model(model.inputs, model.get_layer("head_logits").output, name="logits")
-        self.gradcam_layer = gradcam_layer
+        # one layer, or several whose maps are added on the first one's grid (a two-scale model)
+        self.gradcam_layers = [gradcam_layers] if isinstance(gradcam_layers, str) else list(gradcam_layers)
         self.scorecam_max_n = scorecam_max_n
         self.scorecam_batch_size = scorecam_batch_size
         self._gradcam_pp = None
@@ -76,12 +89,15 @@ class TfKerasVisExplainers:
         raise ValueError(f"unknown explanation method {method!r}; choose one of {', '.join(METHODS)}")
 
     def raw_map(self, method: str, model_input: np.ndarray, class_index: int) -> np.ndarray:
-        """Map on the conv grid (h, w), not normalised, for one preprocessed image (rows, cols, 3)."""
-        from tf_keras_vis.utils.scores import CategoricalScore
-
+        """Map on the (first) conv grid (h, w), not normalised, for one preprocessed image (rows, cols, 3)."""
         explainer = self._objects(method)
         seed = np.asarray(model_input, np.float32)[None]
-        kwargs = dict(penultimate_layer=self.gradcam_layer, seek_penultimate_conv_layer=False,
+        return add_maps([self._layer_map(explainer, method, seed, class_index, layer) for layer in self.gradcam_layers])
+
+    def _layer_map(self, explainer, method: str, seed: np.ndarray, class_index: int, layer: str) -> np.ndarray:
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        kwargs = dict(penultimate_layer=layer, seek_penultimate_conv_layer=False,
                       expand_cam=False, normalize_cam=False)
         if method == "scorecam":
             kwargs.update(max_N=self.scorecam_max_n, batch_size=self.scorecam_batch_size)

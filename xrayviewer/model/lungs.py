@@ -191,6 +191,26 @@ def read_lung_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def load_lung_network(path: str | Path | None = None, *, expected_sha256: str | None = None):
+    """(U-Net keras model with the bundle's weights, model.json) of the lung bundle at `path` (default models/lungs).
+
+    `expected_sha256`: the weights a classifier was fitted with (a two-stage classifier pools inside these lungs);
+    other weights are refused."""
+    path = Path(path) if path is not None else LUNG_MODEL_DIR
+    meta = read_lung_meta(path)
+    if expected_sha256 is not None and meta["weights"]["sha256"] != expected_sha256:
+        raise LungModelError(f"the lung model in {path} is not the one this classifier was trained with "
+                             f"(weights sha256 {meta['weights']['sha256'][:12]}…, expected {expected_sha256[:12]}…).")
+    arch = meta["architecture"]
+    model = build_unet(tuple(meta["input_size"]), int(arch["base_filters"]), int(arch["depth"]))
+    weights = path / meta["weights"]["file"]
+    try:
+        model.load_weights(str(weights))
+    except Exception as err:  # h5py/keras raise many types for a file that does not fit the network
+        raise LungModelError(f"lung model weights {weights} do not fit the network in model.json ({err}).") from None
+    return model, meta
+
+
 class LungSegmenter:
     """Lung-field segmentation. Load once (slow, TensorFlow), then `segment()` from any thread."""
 
@@ -207,14 +227,7 @@ class LungSegmenter:
 
     @classmethod
     def load(cls, path: str | Path = LUNG_MODEL_DIR) -> "LungSegmenter":
-        meta = read_lung_meta(path)
-        arch = meta["architecture"]
-        model = build_unet(tuple(meta["input_size"]), int(arch["base_filters"]), int(arch["depth"]))
-        weights = Path(path) / meta["weights"]["file"]
-        try:
-            model.load_weights(str(weights))
-        except Exception as err:  # h5py/keras raise many types for a file that does not fit the network
-            raise LungModelError(f"lung model weights {weights} do not fit the network in model.json ({err}).") from None
+        model, meta = load_lung_network(path)
         return cls(model, meta, Path(path))
 
     def probabilities(self, radiographs) -> np.ndarray:

@@ -636,7 +636,9 @@ def evaluate_bundle_on_split(bundle_path, result: TrainingResult, *, progress: P
                             f"{', '.join(result.classes)}: their metrics cannot be compared")
     paths = result.validation["paths"]
     shas = result.validation["sha256"]
-    if bundle.weights_scope == "head":
+    from xrayviewer.model.two_scale import is_two_stage
+
+    if bundle.weights_scope == "head" and not is_two_stage(bundle.head):   # a head on cached pooled features
         from xrayviewer.model.architecture import build_head_model
 
         extractor = FeatureExtractor(bundle.base_id, input_size=bundle.input_size,
