@@ -346,10 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     extra_meta = {"metrics": {"validation_per_source": per_source, "validation_within_source": within,
                               "cv_selection": selection, "cv_floor": floor},
                   "training": {"recipe": "training/train_default.py", "chosen_head": chosen}}
-    saved = result.save(args.out, name="default (covid / normal / pneumonia)", version=MODEL_VERSION,
+    return save_default(result, args.out, card, extra_meta, started)
+
+
+def save_default(result, out: Path, card: str, extra_meta: dict, started: float) -> int:
+    """Write the default bundle with its card; print what tells two runs apart (weights sha256) and the headline."""
+    saved = result.save(out, name="default (covid / normal / pneumonia)", version=MODEL_VERSION,
                         extra_files={"MODEL_CARD.md": card.encode()}, extra_meta=extra_meta)
     meta = json.loads((saved / "model.json").read_text())
-    print(f"wrote {saved} in {time.perf_counter() - started:.0f} s; head weights sha256 {meta['weights']['sha256']}")
+    print(f"wrote {saved} in {time.perf_counter() - started:.0f} s; weights sha256 {meta['weights']['sha256']}")
     print(f"validation accuracy {result.metrics['accuracy']:.3f}, macro AUC {fmt(result.metrics['macro_auc'])}, "
           f"ECE {result.metrics_uncalibrated['ece']:.3f} -> {result.metrics['ece']:.3f} (T {result.temperature:.3f})")
     return 0
@@ -502,15 +507,9 @@ def build_two_stage(data: Path, out: Path, input_size: tuple[int, int]) -> int:
     extra_meta = {"metrics": {"validation_per_source": per_source, "validation_within_source": within,
                               "cv_floor": floor, "cv_fold_seeds_3_12": cv_check},
                   "training": {"recipe": "training/train_default.py", "stage_C": STAGE_C}}
-    saved = TwoStageResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
-                           cv_figures={"42, 1, 2": cv_main, "3-12": cv_check}).save(
-        out, name="default (covid / normal / pneumonia)", version=MODEL_VERSION,
-        extra_files={"MODEL_CARD.md": card.encode()}, extra_meta=extra_meta)
-    meta = json.loads((saved / "model.json").read_text())
-    print(f"wrote {saved} in {time.perf_counter() - started:.0f} s; stage weights sha256 {meta['weights']['sha256']}")
-    print(f"validation accuracy {result.metrics['accuracy']:.3f}, macro AUC {fmt(result.metrics['macro_auc'])}, "
-          f"ECE {result.metrics_uncalibrated['ece']:.3f} -> {result.metrics['ece']:.3f} (T {result.temperature:.3f})")
-    return 0
+    result = TwoStageResult(**{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
+                            cv_figures={"42, 1, 2": cv_main, "3-12": cv_check})
+    return save_default(result, out, card, extra_meta, started)
 
 
 def _model_batch(paths, input_size):
