@@ -413,16 +413,14 @@ def two_stage_cv_probs(fa, fb, labels, groups, seed: int, order, folds: int = 5)
 
 def stage_features(model, paths: list[Path], batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(336 GAP features, lung-field means) of each image as the shipped model computes them (variant 0)."""
-    from xrayviewer.imaging import read_radiograph
-    from xrayviewer.imaging.preprocess import to_model_batch
     from xrayviewer.model.two_scale import feature_model
 
     taps = feature_model(model)
     rows, cols = model.input_shape[1:3]
     fa, fb = [], []
     for start in range(0, len(paths), batch_size):
-        chunk = [read_radiograph(p) for p in paths[start:start + batch_size]]
-        a, b = taps(to_model_batch(chunk, (rows, cols)), training=False)
+        chunk = paths[start:start + batch_size]
+        a, b = taps(_model_batch(chunk, (rows, cols)), training=False)
         fa.append(np.asarray(a))
         fb.append(np.asarray(b))
         if (start // batch_size) % 10 == 0:

@@ -167,11 +167,12 @@ def _validate(path: Path, meta: Any) -> None:
     if not (isinstance(extra, list) and all(isinstance(n, str) for n in extra)):
         raise _refuse(path, f"{MODEL_JSON} has an invalid gradcam_extra_layers {extra!r}")
     head = meta.get("head") or {}
-    if isinstance(head, dict) and head.get("kind") not in (None, "dense"):
+    head_kind = head.get("kind") if isinstance(head, dict) else None   # None: the Dense head of build_classifier
+    if head_kind is not None:
         from xrayviewer.model.two_scale import TWO_STAGE_KIND, class_order
 
-        if head.get("kind") != TWO_STAGE_KIND:
-            raise _refuse(path, f"it has a head of kind {head.get('kind')!r}, which this version does not know")
+        if head_kind != TWO_STAGE_KIND:
+            raise _refuse(path, f"it has a head of kind {head_kind!r}, which this version does not know")
         try:
             class_order(classes, head)
         except (KeyError, ValueError) as err:
@@ -182,7 +183,7 @@ def _validate(path: Path, meta: Any) -> None:
         raise _refuse(path, f"{MODEL_JSON} names no weights file")
     if weights.get("scope", "head") not in ("head", "full"):
         raise _refuse(path, f"unknown weights scope {weights.get('scope')!r}")
-    if isinstance(head, dict) and head.get("kind") not in (None, "dense") and weights.get("scope", "head") != "head":
+    if head_kind is not None and weights.get("scope", "head") != "head":
         raise _refuse(path, "a two-stage model stores its stage weights only (scope 'head')")
     _check_file(path, weights["file"], weights.get("sha256"), "weights file")
     ood = meta.get("ood")
