@@ -133,8 +133,9 @@ def new_window():
 
     from xrayviewer.ui import gc_collector
 
-    if hasattr(gc_collector, "limit_malloc_arenas"):   # as run_app does (absent in code before it, for comparisons)
-        gc_collector.limit_malloc_arenas()
+    for tune in ("limit_malloc_arenas", "fix_mmap_threshold"):   # as run_app does (absent in older code)
+        if hasattr(gc_collector, tune):
+            getattr(gc_collector, tune)()
     app = QApplication.instance() or QApplication([sys.argv[0]])
     configure_app(app)
     install_gui_thread_collector(app)   # as run_app does: cyclic GC on the GUI thread only

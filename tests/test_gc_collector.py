@@ -77,11 +77,13 @@ def test_release_free_memory_and_arena_limit_on_glibc(monkeypatch):
     count = gc_collector.trim_stats["count"]
     assert gc_collector.release_free_memory() is True
     assert gc_collector.trim_stats["count"] == count + 1
-    code = "from xrayviewer.ui import gc_collector as g; print(g.limit_malloc_arenas())"
+    code = ("from xrayviewer.ui import gc_collector as g; print(g.limit_malloc_arenas(), g.fix_mmap_threshold())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["True"], out.stderr
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")    # the user's own setting wins
+    assert out.stdout.split() == ["True", "True"], out.stderr
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")    # the user's own settings win
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert gc_collector.limit_malloc_arenas() is False
+    assert gc_collector.fix_mmap_threshold() is False
 
 
 def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
@@ -93,6 +95,7 @@ def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
         monkeypatch.setattr(sys, "platform", platform)
         assert gc_collector._glibc_malloc_trim() is None
         assert gc_collector.limit_malloc_arenas() is False
+        assert gc_collector.fix_mmap_threshold() is False
     monkeypatch.setattr(sys, "platform", "linux")
 
     class Musl:   # a C library without glibc's symbols
@@ -109,6 +112,7 @@ def test_release_free_memory_is_a_safe_no_op_where_unsupported(monkeypatch):
     monkeypatch.setattr(ctypes, "CDLL", no_library)
     assert gc_collector._glibc_malloc_trim() is None
     assert gc_collector.limit_malloc_arenas() is False
+    assert gc_collector.fix_mmap_threshold() is False
 
     monkeypatch.setattr(gc_collector, "_malloc_trim", None)
     count = gc_collector.trim_stats["count"]

@@ -142,10 +142,11 @@ class ScreenshotMode(QObject):
 
 def run_app(args) -> int:
     """Open the window (and with args.screenshot, take the screenshot and exit). Returns the exit code."""
-    from xrayviewer.ui.gc_collector import install_gui_thread_collector, limit_malloc_arenas
+    from xrayviewer.ui.gc_collector import fix_mmap_threshold, install_gui_thread_collector, limit_malloc_arenas
     from xrayviewer.ui.main_window import MainWindow
 
     limit_malloc_arenas()   # before Qt and TensorFlow start their threads
+    fix_mmap_threshold()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     configure_app(app)
     install_gui_thread_collector(app)

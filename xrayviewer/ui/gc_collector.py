@@ -17,8 +17,13 @@ the alternatives tried are in benchmarks/README.md):
 - `limit_malloc_arenas()` at start: glibc gives each thread that allocates its own arena (up to 8 per core), and memory
   freed in one arena is not reused by threads of another, so the pool threads and TensorFlow's threads each kept their
   own reserve of freed image-sized blocks. Two arenas (what MALLOC_ARENA_MAX=2 does) lowered the peak without slowing
-  browsing. A fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=1 MB) also removed the growth but made browsing 3.5x
-  slower (every big tensor mmapped and faulted in anew), so it is not set.
+  browsing.
+- `fix_mmap_threshold()` at start: glibc raises its mmap threshold each time a big block is freed (up to 32 MB), so
+  after a while TensorFlow's intermediate tensors of a few MB come from the heaps and fragment them. The two-scale
+  default model (version 3: a 224 branch and a 256x256 U-Net beside the 336 pass) grew by 353 MB over 500 images
+  with it dynamic (goal < 300), 181 and 218 MB with it fixed at 4 MB (those tensors mmapped, and unmapped when
+  freed). The price is page faults: 729-756 vs 706 ms an image browsed, the prefetched next image 26 vs 12 ms
+  (goal 50). 1 MB mmapped most tensors and browsed 3.5x slower (session 1).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from xrayviewer.ui import workers
 
 TRIM_INTERVAL_S = 1.0   # at most one malloc_trim per second, and only when workers finished since the last one
 MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8       # mallopt parameter number (glibc malloc.h)
+MMAP_THRESHOLD = 4 * 1024 * 1024
+_M_ARENA_MAX = -8       # mallopt parameter numbers (glibc malloc.h)
+_M_MMAP_THRESHOLD = -3
 
 _pauses = 0
 _collector: "GuiThreadCollector | None" = None
@@ -69,6 +76,16 @@ def limit_malloc_arenas() -> bool:
     if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
     return mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
+
+
+def fix_mmap_threshold() -> bool:
+    """Call at start: blocks of MMAP_THRESHOLD or more are mmapped (and returned to the OS when freed), and glibc no
+    longer raises that threshold. Leaves a MALLOC_MMAP_THRESHOLD_ set in the environment alone. False, doing
+    nothing, where there is no glibc."""
+    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 trim_stats = {"count": 0, "total_ms": 0.0, "max_ms": 0.0}   # read by benchmarks/bench_app.py memory
 
 
