@@ -22,7 +22,7 @@ The custom layers are registered, so a `.keras` export loads in safe mode.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -162,7 +162,8 @@ def make_head(positive: str = "covid", negative: str = "normal", other: str = "p
             "branch_size": [int(v) for v in branch_size], "lung_weights_sha256": lung_weights_sha256}
 
 
-def _vgg_branch(x, prefix: str, weights: dict[str, list] | None):
+def _vgg_branch(x, prefix: str, weights_of: Callable[[str], list]):
+    """VGG16 block1..4 again on `x`, layer names prefixed, weights of each conv layer from `weights_of(name)`."""
     import keras
 
     for block, filters, n_convs in _VGG_BLOCKS:
@@ -171,8 +172,7 @@ def _vgg_branch(x, prefix: str, weights: dict[str, list] | None):
             layer = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=prefix + name,
                                         trainable=False)
             x = layer(x)
-            if weights is not None:
-                layer.set_weights(weights[name])
+            layer.set_weights(weights_of(name))
         if block < 4:
             x = keras.layers.MaxPooling2D(2, name=f"{prefix}block{block}_pool")(x)
     return x
@@ -180,10 +180,10 @@ def _vgg_branch(x, prefix: str, weights: dict[str, list] | None):
 
 def build_two_scale_classifier(classes: Sequence[str], head: dict[str, Any], input_size: tuple[int, int],
                                lung_dir: str | Path | None = None):
-    """The flat two-stage classifier (stage weights zero: set them with set_stage_weights). Base and U-Net frozen."""
+    """The flat two-stage classifier (stage weights zero: set them with set_stage). Base and U-Net frozen."""
     import keras
 
-    from xrayviewer.model.backbone import _read_hed_vgg_weights, build_base
+    from xrayviewer.model.backbone import build_base
     from xrayviewer.model.lungs import load_lung_network
 
     layers = _layers()
@@ -191,7 +191,8 @@ def build_two_scale_classifier(classes: Sequence[str], head: dict[str, Any], inp
     inputs, base_out, _spec = build_base("vgg16-hed-block4", tuple(input_size))
     pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(base_out)
     small = layers["AreaResize"](head.get("branch_size", (224, 224)), name=f"{BRANCH_PREFIX}resize")(inputs)
-    maps = _vgg_branch(small, BRANCH_PREFIX, _read_hed_vgg_weights())
+    base = keras.Model(inputs, base_out)     # the branch copies the weights build_base loaded (no second read)
+    maps = _vgg_branch(small, BRANCH_PREFIX, lambda name: base.get_layer(name).get_weights())
     unet, _meta = load_lung_network(lung_dir, expected_sha256=head.get("lung_weights_sha256") or None)
     unet.trainable = False
     lung_in = layers["LungFieldInput"](unet.input_shape[1:3], name="lung_input")(inputs)

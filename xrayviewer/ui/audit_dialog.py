@@ -165,6 +165,7 @@ def verdict(summary: dict[str, Any]) -> tuple[str, str]:
     as_is, removed = perf["as_is"]["macro_auc"], perf["lungs_blacked_out"]["macro_auc"]
     outside = summary["lung_attention"].get("share_below_50")
     mostly_outside = outside is not None and outside > 0.5
+    as_is_text = format_number(as_is, 3)
     if removed is None:
         text = ("Not enough labelled images of each of the model's classes to measure AUC, so the lungs-removed test "
                 "cannot judge this model.")
@@ -173,16 +174,16 @@ def verdict(summary: dict[str, Any]) -> tuple[str, str]:
         return "info", text
     if removed >= SHORTCUT_AUC:
         return "warning", (f"The model still scores well with the lungs blacked out (macro AUC {removed:.3f}, "
-                           f"{format_number(as_is, 3)} as is): it may be reading shortcuts outside the lungs — the hospital, "
+                           f"{as_is_text} as is): it may be reading shortcuts outside the lungs — the hospital, "
                            "age, markers or borders — rather than the disease.")
     if removed >= CHANCE_LEVEL_AUC:
         return "warning" if mostly_outside else "info", (
-            f"Some signal remains with the lungs blacked out (macro AUC {removed:.3f}, {format_number(as_is, 3)} as is): "
+            f"Some signal remains with the lungs blacked out (macro AUC {removed:.3f}, {as_is_text} as is): "
             "check the mean heatmaps for attention on corners, labels and borders.")
     if mostly_outside:
         return "warning", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}), yet "
                            f"{outside:.0%} of the images have most of the attention outside the lungs.")
-    return "ok", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}, {format_number(as_is, 3)} "
+    return "ok", (f"With the lungs blacked out the model is near chance (macro AUC {removed:.3f}, {as_is_text} "
                   "as is): it needs what is inside the lungs.")
 
 

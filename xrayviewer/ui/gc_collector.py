@@ -69,23 +69,26 @@ def _glibc_malloc_trim():
 _malloc_trim = _glibc_malloc_trim()
 
 
-def limit_malloc_arenas() -> bool:
-    """Call at start, before threads exist: glibc then shares MALLOC_ARENAS arenas among all threads. Leaves a
-    MALLOC_ARENA_MAX set in the environment alone. False, doing nothing, where there is no glibc."""
+def _set_malloc_option(parameter: int, value: int, environment_name: str) -> bool:
+    """glibc's mallopt(parameter, value), unless the user set the same option in the environment (theirs wins).
+    False, doing nothing, where there is no glibc."""
     mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
-    if mallopt is None or "MALLOC_ARENA_MAX" in os.environ:
+    if mallopt is None or environment_name in os.environ:
         return False
-    return mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
+    return mallopt(parameter, value) == 1
+
+
+def limit_malloc_arenas() -> bool:
+    """Call at start, before threads exist: glibc then shares MALLOC_ARENAS arenas among all threads."""
+    return _set_malloc_option(_M_ARENA_MAX, MALLOC_ARENAS, "MALLOC_ARENA_MAX")
 
 
 def fix_mmap_threshold() -> bool:
     """Call at start: blocks of MMAP_THRESHOLD or more are mmapped (and returned to the OS when freed), and glibc no
-    longer raises that threshold. Leaves a MALLOC_MMAP_THRESHOLD_ set in the environment alone. False, doing
-    nothing, where there is no glibc."""
-    mallopt = _glibc_function("mallopt", [ctypes.c_int, ctypes.c_int])
-    if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    longer raises that threshold."""
+    return _set_malloc_option(_M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_")
+
+
 trim_stats = {"count": 0, "total_ms": 0.0, "max_ms": 0.0}   # read by benchmarks/bench_app.py memory
 
 
